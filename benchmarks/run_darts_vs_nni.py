@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""DARTS search iteration: diffnas vs Microsoft NNI 3.0, same machine and config.
+
+Runs, one after the other and each in a fresh process (never two at once: the
+standard config needs ~10 GB per process and all the cores), for every config:
+
+  (a) ``.venv/bin/diffnas profile --method darts --space darts ... --json``
+      first order, then with ``--order 2``;
+  (b) ``bench-venvs/nni/bin/python benchmarks/nni_darts.py ...`` (NNI 3.0's
+      DARTS strategy, first order; NNI 3.0 has no second order, the script
+      reports that).
+
+Each run prints one JSON line; the runner merges them into
+``benchmarks/results/darts_vs_nni.json`` (keyed by config/impl/order, so a run
+of one config keeps the others) and regenerates the section
+"## DARTS search iteration vs NNI 3.0" of ``BENCHMARKS.md`` from that file.
+
+Python standard library only; run it with the repo's main venv or any python3:
+
+    .venv/bin/python benchmarks/run_darts_vs_nni.py --configs small
+    .venv/bin/python benchmarks/run_darts_vs_nni.py --configs small,standard --iters 3
+    .venv/bin/python benchmarks/run_darts_vs_nni.py --skip-nni
+
+Set up the NNI venv first with ``bash benchmarks/setup_nni_venv.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SECTION = "## DARTS search iteration vs NNI 3.0"
+
+# name -> (config, default timed iters, default warm-up iters)
+CONFIGS: dict[str, dict] = {
+    "small": {
+        "config": {"channels": 8, "layers": 5, "batch_size": 32, "input_size": 28,
+                   "in_channels": 1, "num_classes": 10},
+        "iters": 5, "warmup": 2,
+    },
+    "standard": {
+        "config": {"channels": 16, "layers": 8, "batch_size": 64, "input_size": 32,
+                   "in_channels": 3, "num_classes": 10},
+        "iters": 3, "warmup": 1,
+    },
+}
+
+
+# --------------------------------------------------------------------------- #
+# machine / environment
+# --------------------------------------------------------------------------- #
+def machine_info() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        nproc = int(subprocess.run(["nproc"], capture_output=True, text=True,
+                                   check=True).stdout.strip())
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 0)
+    mem_gib = None
+    try:
+        m = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+        if m:
+            mem_gib = round(int(m.group(1)) / 1024 ** 2, 1)
+    except OSError:
+        pass
+    return {"cpu": model, "nproc": nproc, "mem_gib": mem_gib,
+            "os": f"{platform.system()} {platform.release()}"}
+
+
+def python_version_of(python: Path, code: str) -> str | None:
+    try:
+        out = subprocess.run([str(python), "-W", "ignore", "-c", code], capture_output=True,
+                             text=True, timeout=300, cwd=REPO)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+# --------------------------------------------------------------------------- #
+# running one benchmark process
+# --------------------------------------------------------------------------- #
+def parse_json_line(stdout: str) -> dict | None:
+    """Last stdout line that is a JSON object with a ``median_s`` key."""
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if not (line.startswith("{") and line.endswith("}")):
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and "median_s" in obj:
+            return obj
+    return None
+
+
+def run_one(cmd: list[str], timeout: float, label: str) -> dict:
+    print(f"[run] {label}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    except subprocess.TimeoutExpired as e:
+        return {"error": f"timed out after {timeout:.0f}s", "cmd": shlex.join(cmd),
+                "stderr_tail": (e.stderr or "")[-2000:] if isinstance(e.stderr, str) else "",
+                "wall_s": round(time.perf_counter() - t0, 1), "loadavg_before": load0}
+    except OSError as e:
+        return {"error": f"could not start: {e}", "cmd": shlex.join(cmd)}
+    wall = round(time.perf_counter() - t0, 1)
+    rec = parse_json_line(proc.stdout)
+    if proc.returncode != 0 or rec is None:
+        err = f"exit code {proc.returncode}" if proc.returncode else "no JSON line with median_s"
+        print(f"[run] {label} FAILED ({err}); stderr tail:\n{proc.stderr[-2000:]}",
+              file=sys.stderr, flush=True)
+        return {"error": err, "cmd": shlex.join(cmd), "stderr_tail": proc.stderr[-2000:],
+                "stdout_tail": proc.stdout[-1000:], "wall_s": wall, "loadavg_before": load0}
+    rec = dict(rec)
+    rec.setdefault("cmd", shlex.join(cmd))
+    rec["process_wall_s"] = wall
+    rec["loadavg_before"] = round(load0, 2)
+    ms = rec.get("median_s")
+    print(f"[run] {label}: median {ms} s/iter, peak {rec.get('peak_rss_gib')} GiB "
+          f"(process {wall}s)", file=sys.stderr, flush=True)
+    return rec
+
+
+def config_flags(cfg: dict) -> list[str]:
+    return ["--channels", str(cfg["channels"]), "--layers", str(cfg["layers"]),
+            "--batch-size", str(cfg["batch_size"]), "--input-size", str(cfg["input_size"]),
+            "--in-channels", str(cfg["in_channels"])]
+
+
+def diffnas_cmd(diffnas: Path, cfg: dict, iters: int, order: int) -> list[str]:
+    cmd = [str(diffnas), "profile", "--method", "darts", "--space", "darts",
+           *config_flags(cfg), "--iters", str(iters), "--json"]
+    if order == 2:
+        cmd += ["--order", "2"]
+    return cmd
+
+
+def nni_cmd(python: Path, cfg: dict, iters: int, warmup: int, order: int,
+            threads: int | None) -> list[str]:
+    cmd = [str(python), str(REPO / "benchmarks" / "nni_darts.py"), *config_flags(cfg),
+           "--num-classes", str(cfg["num_classes"]), "--iters", str(iters),
+           "--warmup", str(warmup)]
+    if order == 2:
+        cmd.append("--second-order")
+    if threads:
+        cmd += ["--threads", str(threads)]
+    return cmd
+
+
+# --------------------------------------------------------------------------- #
+# results file + markdown
+# --------------------------------------------------------------------------- #
+def run_key(r: dict) -> str:
+    return f"{r['config_name']}/{r['impl']}/order{r['order']}"
+
+
+def load_results(path: Path) -> dict:
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and isinstance(data.get("runs"), list):
+                return data
+        except (OSError, json.JSONDecodeError):
+            pass
+    return {"runs": []}
+
+
+def _fmt(x, nd=2) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def _ratio(a, b) -> str:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
+        return f"{a / b:.2f}×"
+    return "—"
+
+
+def render_section(data: dict) -> str:
+    runs = {run_key(r): r for r in data["runs"]}
+    m = data.get("machine", {})
+    env = data.get("env", {})
+    lines = [SECTION, ""]
+    lines.append(
+        "Time of one DARTS search iteration (architecture step on a val batch + weight "
+        "step on a train batch) and peak resident memory of the whole process, diffnas "
+        "vs [NNI](https://github.com/microsoft/nni) 3.0's `nni.nas.strategy.DARTS` on the "
+        "same DARTS supernet (8 candidates incl. `none`, 14 edges/cell, reductions at "
+        "L/3 and 2L/3), synthetic data, CPU, 2 torch threads. Each number comes from its "
+        "own fresh process, run one at a time. Median over the timed iterations after "
+        "warm-up. Generated by `benchmarks/run_darts_vs_nni.py` (see `benchmarks/README.md`); "
+        "raw data in `benchmarks/results/darts_vs_nni.json`."
+    )
+    lines.append("")
+    lines.append(f"- Machine: {m.get('cpu', '?')}, {m.get('nproc', '?')} CPUs, "
+                 f"{m.get('mem_gib', '?')} GiB RAM, {m.get('os', '')}")
+    lines.append(f"- diffnas: torch {env.get('diffnas_torch', '?')} (`.venv`); "
+                 f"NNI {env.get('nni_version', '?')}: torch {env.get('nni_torch', '?')}, "
+                 f"pytorch-lightning {env.get('nni_lightning', '?')} (`bench-venvs/nni`)")
+    lines.append(f"- Last updated: {data.get('updated', '?')}")
+    lines.append("")
+    lines.append("| config | C | L | batch | input | order | diffnas s/iter | NNI s/iter "
+                 "| NNI/diffnas time | diffnas peak GiB | NNI peak GiB | NNI/diffnas mem "
+                 "| iters (diffnas/NNI) | date |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    notes: list[str] = []
+    names = [n for n in CONFIGS] + sorted({r["config_name"] for r in data["runs"]} - set(CONFIGS))
+    for name in names:
+        for order in (1, 2):
+            d = runs.get(f"{name}/diffnas/order{order}")
+            n = runs.get(f"{name}/nni-3.0/order{order}")
+            if d is None and n is None:
+                continue
+            cfg = (d or n).get("config") or CONFIGS.get(name, {}).get("config", {})
+            d_ok = d is not None and "error" not in d
+            n_ok = n is not None and "error" not in n
+            d_t = d.get("median_s") if d_ok else None
+            n_t = n.get("median_s") if n_ok else None
+            d_m = d.get("peak_rss_gib") if d_ok else None
+            n_m = n.get("peak_rss_gib") if n_ok else None
+            n_t_s = _fmt(n_t)
+            if n_ok and n.get("supported") is False:
+                n_t_s = "n/a (not in NNI 3.0)"
+                n_m = None
+            elif n is not None and not n_ok:
+                n_t_s = "failed"
+                notes.append(f"NNI {name} order {order}: {n.get('error')}")
+            elif n is None:
+                n_t_s = "not run"
+            d_t_s = _fmt(d_t) if d_ok else ("failed" if d is not None else "not run")
+            if d is not None and not d_ok:
+                notes.append(f"diffnas {name} order {order}: {d.get('error')}")
+            dates = sorted({r.get("date", "")[:10] for r in (d, n) if r is not None} - {""})
+            its = f"{d.get('iters', '—') if d_ok else '—'}/" \
+                  f"{n.get('iters', '—') if n_ok and n.get('supported', True) else '—'}"
+            shape = f"{cfg.get('input_size', '?')}²×{cfg.get('in_channels', '?')}"
+            lines.append(
+                f"| {name} | {cfg.get('channels', '?')} | {cfg.get('layers', '?')} "
+                f"| {cfg.get('batch_size', '?')} | {shape} | {order} | {d_t_s} | {n_t_s} "
+                f"| {_ratio(n_t, d_t)} | {_fmt(d_m)} | {_fmt(n_m)} | {_ratio(n_m, d_m)} "
+                f"| {its} | {', '.join(dates) or '—'} |")
+            for r, who in ((d, "diffnas"), (n, "NNI")):
+                if r is None or "error" in r:
+                    continue
+                cu = r.get("cpu_util")
+                lb = r.get("loadavg_before")
+                if isinstance(cu, (int, float)) and cu < 1.5 and r.get("median_s") is not None:
+                    notes.append(f"{who} {name} order {order}: process got only {cu:.2f} "
+                                 f"CPU-s per s over the timed iterations (load avg before "
+                                 f"{lb}) — the cores were probably shared; timing suspect.")
+    lines.append("")
+    lines.append("NNI 3.0 implements first-order DARTS only (its `DARTS` strategy docstring: "
+                 "\"Second order (unrolled 2nd-order derivatives) is not supported yet\"). "
+                 "NNI's supernet stacks the 7 op outputs plus a zeros tensor for `none` per "
+                 "edge and uses affine BatchNorm; its per-step time includes Lightning's "
+                 "hooks and metric logging, as for any NNI user.")
+    if notes:
+        lines.append("")
+        lines.append("Notes:")
+        lines.extend(f"- {x}" for x in notes)
+    lines.append("")
+    return "\n".join(lines)
+
+
+def update_markdown(md_path: Path, section_text: str) -> None:
+    if md_path.exists():
+        text = md_path.read_text()
+    else:
+        text = "# Benchmarks\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
+    body = section_text if section_text.endswith("\n") else section_text + "\n"
+    if start is None:
+        if not text.endswith("\n"):
+            text += "\n"
+        text += "\n" + body
+    else:
+        end = next((j for j in range(start + 1, len(lines))
+                    if lines[j].startswith("## ") or lines[j].startswith("# ")), len(lines))
+        tail = "".join(lines[end:])
+        text = "".join(lines[:start]) + body + ("\n" + tail if tail else "")
+    md_path.write_text(text)
+
+
+# --------------------------------------------------------------------------- #
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--configs", default="small,standard",
+                   help=f"comma-separated, from {','.join(CONFIGS)} (default: all)")
+    p.add_argument("--iters", type=int, default=None,
+                   help="timed iterations per run (default: small 5, standard 3)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="NNI warm-up iterations (default: small 2, standard 1); "
+                        "diffnas profile uses its own warm-up")
+    p.add_argument("--skip-nni", action="store_true", help="run only the diffnas half")
+    p.add_argument("--skip-diffnas", action="store_true", help="run only the NNI half")
+    p.add_argument("--orders", default="1,2", help="DARTS orders to run (default 1,2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="pass --threads to the NNI script (default: its own, 2)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds per process")
+    p.add_argument("--diffnas", default=str(REPO / ".venv" / "bin" / "diffnas"))
+    p.add_argument("--nni-python", default=str(REPO / "bench-venvs" / "nni" / "bin" / "python"))
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "darts_vs_nni.json"))
+    p.add_argument("--markdown", default=str(REPO / "BENCHMARKS.md"))
+    p.add_argument("--no-markdown", action="store_true", help="only write the JSON")
+    args = p.parse_args(argv)
+
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CONFIGS]
+    if unknown:
+        p.error(f"unknown config(s) {unknown}; choose from {list(CONFIGS)}")
+    orders = sorted({int(o) for o in args.orders.split(",") if o.strip()})
+    if not set(orders) <= {1, 2}:
+        p.error("--orders must be from 1,2")
+
+    diffnas = Path(args.diffnas)
+    nni_python = Path(args.nni_python)
+    if not args.skip_nni and not nni_python.exists():
+        print(f"NNI venv missing ({nni_python}); run: bash benchmarks/setup_nni_venv.sh",
+              file=sys.stderr)
+        return 2
+    if not args.skip_diffnas and not diffnas.exists():
+        print(f"diffnas entry point missing ({diffnas}); install the repo into .venv",
+              file=sys.stderr)
+        return 2
+
+    results_path = Path(args.results)
+    data = load_results(results_path)
+    data["machine"] = machine_info()
+    env = dict(data.get("env", {}))
+    main_python = diffnas.parent / "python"
+    if not args.skip_diffnas:
+        env["diffnas_torch"] = python_version_of(
+            main_python, "import torch; print(torch.__version__)") or env.get("diffnas_torch")
+    if not args.skip_nni:
+        v = python_version_of(nni_python, "import nni, torch, pytorch_lightning as pl; "
+                                          "print(nni.__version__, torch.__version__, pl.__version__)")
+        if v:
+            env["nni_version"], env["nni_torch"], env["nni_lightning"] = v.split()
+    data["env"] = env
+
+    by_key = {run_key(r): r for r in data["runs"]}
+    failures = 0
+    for name in names:
+        spec = CONFIGS[name]
+        cfg = spec["config"]
+        iters = args.iters or spec["iters"]
+        warmup = spec["warmup"] if args.warmup is None else args.warmup
+        jobs: list[tuple[str, int, list[str]]] = []
+        if not args.skip_diffnas:
+            for order in orders:
+                jobs.append(("diffnas", order, diffnas_cmd(diffnas, cfg, iters, order)))
+        if not args.skip_nni:
+            for order in orders:
+                jobs.append(("nni-3.0", order,
+                             nni_cmd(nni_python, cfg, iters, warmup, order, args.threads)))
+        for impl, order, cmd in jobs:  # strictly one process at a time
+            rec = run_one(cmd, args.timeout, f"{name} {impl} order {order}")
+            rec.update({"config_name": name, "impl": impl, "order": order,
+                        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds")})
+            rec.setdefault("config", cfg)
+            if "error" in rec:
+                failures += 1
+            by_key[run_key(rec)] = rec
+            data["runs"] = sorted(by_key.values(), key=run_key)
+            data["updated"] = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+            # write after every run, so an interrupted sweep keeps what it measured
+            results_path.parent.mkdir(parents=True, exist_ok=True)
+            results_path.write_text(json.dumps(data, indent=2) + "\n")
+            if not args.no_markdown:
+                update_markdown(Path(args.markdown), render_section(data))
+
+    print(f"[run] results: {results_path}" +
+          ("" if args.no_markdown else f", table: {args.markdown}"), file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Search configuration: one dataclass, plus named presets that match the papers.
+
+Everything a run used is written to its folder as ``config.json``; resuming
+compares that file with the requested configuration field by field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import DiffnasError, unknown
+
+
+@dataclass
+class SearchConfig:
+    """Every knob of one architecture search (defaults: the DARTS paper's CIFAR-10 search)."""
+
+    method: str = "darts"
+    space: str = "darts"
+    objective: str = "ce"
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    subset: int | None = None          # use only this many training images (quick runs)
+    image_size: int | None = None      # resize images (None: the dataset's own size)
+    epochs: int = 50
+    batch_size: int = 64
+    channels: int = 16
+    layers: int = 8                    # DARTS: cells in total; NAS-Bench-201: cells per stage
+    train_portion: float = 0.5         # share of the training set used for weights (rest: α)
+    seed: int = 2
+    order: int = 1                     # 1: first-order DARTS, 2: unrolled second order
+    # weights: SGD with cosine annealing (DARTS §3.1.1)
+    w_lr: float = 0.025
+    w_lr_min: float = 0.001
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    # architecture: Adam
+    a_lr: float = 3e-4
+    a_betas: tuple[float, float] = (0.5, 0.999)
+    a_weight_decay: float = 1e-3
+    # augmentation (whole batches, on the compute device)
+    crop_padding: int = 4
+    flip: bool | None = None           # None: the dataset's default
+    cutout: int = 0
+    # method- and objective-specific options (validated by the method/objective)
+    method_args: dict[str, Any] = field(default_factory=dict)
+    objective_args: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["a_betas"] = list(self.a_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(d) - names)
+        if bad:
+            raise DiffnasError(f"unknown config field(s) {', '.join(bad)}; valid: "
+                               f"{', '.join(sorted(names))}")
+        d = dict(d)
+        if "a_betas" in d:
+            d["a_betas"] = tuple(d["a_betas"])
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> SearchConfig:
+        return SearchConfig.from_dict({**self.to_dict(), **changes})
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
+            (self.channels >= 1, f"channels must be at least 1, got {self.channels}"),
+            (self.layers >= 1, f"layers must be at least 1, got {self.layers}"),
+            (0 < self.train_portion < 1,
+             f"train portion must be in (0, 1), got {self.train_portion}"),
+            (self.order in (1, 2), f"order must be 1 or 2, got {self.order}"),
+            (self.subset is None or self.subset >= 2, f"subset must be at least 2, got {self.subset}"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"device must be auto, cpu or cuda[:N], got {self.device!r}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise DiffnasError(msg)
+
+    def fingerprint_diff(self, other: SearchConfig) -> list[str]:
+        """Fields that change the result of a run (all but device and data location)."""
+        ignore = {"device", "data_dir"}
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if k not in ignore and a[k] != b[k]]
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    values: dict[str, Any]
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(name: str, description: str, **values: Any) -> None:
+    """Add a named preset (methods register their paper presets here)."""
+    SearchConfig.from_dict(values)  # validates the field names
+    PRESETS[name] = Preset(name, description, values)
+
+
+def resolve_config(preset: str | None = None, **overrides: Any) -> SearchConfig:
+    """Start from the defaults, apply a preset, then the explicit overrides (None = unset)."""
+    from . import methods  # noqa: F401  (methods register their presets on import)
+
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise unknown("preset", preset, PRESETS)
+        values.update(PRESETS[preset].values)
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k in ("method_args", "objective_args"):
+            values[k] = {**values.get(k, {}), **v}
+        else:
+            values[k] = v
+    cfg = SearchConfig.from_dict(values)
+    cfg.validate()
+    return cfg
+
+
+def dump_config(cfg: SearchConfig) -> str:
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
+
+
+register_preset(
+    "darts-cifar10",
+    "DARTS paper CIFAR-10 search (§3.1.1): 50 epochs, batch 64, 8 cells, 16 channels, "
+    "50/50 train/val split, SGD 0.025→0.001 cosine, Adam 3e-4 for α",
+    dataset="cifar10", epochs=50, batch_size=64, channels=16, layers=8, crop_padding=4,
+    flip=True)
+register_preset(
+    "nb201-cifar10",
+    "NAS-Bench-201 DARTS search on CIFAR-10: 50 epochs, batch 64, N=5 cells per stage, "
+    "16 channels",
+    space="nb201", dataset="cifar10", epochs=50, batch_size=64, channels=16, layers=5,
+    crop_padding=4, flip=True)
+register_preset(
+    "cpu",
+    "The main job on 2 CPU cores: DARTS space on a 6000-image Fashion-MNIST subset, "
+    "5 cells × 8 channels, 8 epochs (minutes, not hours)",
+    dataset="fashion-mnist", subset=6000, epochs=8, batch_size=64, channels=8, layers=5,
+    crop_padding=2, flip=True)
+register_preset(
+    "nb201-cpu",
+    "NAS-Bench-201 space on a 6000-image Fashion-MNIST subset, N=2 cells per stage, "
+    "8 channels, 8 epochs",
+    space="nb201", dataset="fashion-mnist", subset=6000, epochs=8, batch_size=64, channels=8,
+    layers=2, crop_padding=2, flip=True)
+register_preset(
+    "tiny",
+    "Seconds-long smoke test on scikit-learn digits (16×16): 2 epochs, 3 cells × 4 channels",
+    dataset="digits", image_size=16, epochs=2, batch_size=32, channels=4, layers=3,
+    crop_padding=1)
+
+
+def coerce_options(owner: str, defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``given`` into ``defaults``: unknown keys are an error; strings from the command
+    line are converted to the type of the default value."""
+    bad = sorted(set(given) - set(defaults))
+    if bad:
+        valid = ", ".join(sorted(defaults)) or "none"
+        raise DiffnasError(f"{owner} has no option {', '.join(bad)}; valid: {valid}")
+    out = dict(defaults)
+    for k, v in given.items():
+        d = defaults[k]
+        if isinstance(v, str) and not isinstance(d, str):
+            try:
+                if isinstance(d, bool):
+                    if v.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                        raise ValueError(v)
+                    v = v.lower() in ("1", "true", "yes")
+                elif isinstance(d, int):
+                    v = int(v)
+                elif isinstance(d, float):
+                    v = float(v)
+                elif isinstance(d, tuple | list):
+                    v = tuple(float(s) for s in v.split(","))
+            except ValueError:
+                raise DiffnasError(f"{owner} option {k}={v!r}: expected a value of type "
+                                   f"{type(d).__name__} like {d!r}") from None
+        out[k] = v
+    return out

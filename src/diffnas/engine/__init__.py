@@ -1,0 +1,1 @@
+"""The search loop, run folders, checkpoints and profiling."""

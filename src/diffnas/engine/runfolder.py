@@ -1,0 +1,110 @@
+"""Run folders: resolved config, metrics (JSON lines), genotype.json, an atomically written
+checkpoint and a human log. Only the process that owns the run writes here."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import SearchConfig, dump_config
+from ..errors import DiffnasError
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same folder and rename it over ``path``,
+    so a crash leaves either the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+class RunFolder:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # -- files ---------------------------------------------------------------------------------
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def create(self, cfg: SearchConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / "config.json", dump_config(cfg) + "\n")
+
+    def log(self, line: str) -> None:
+        with open(self.path / "log.txt", "a") as f:
+            f.write(line.rstrip("\n") + "\n")
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_metrics(self, up_to_epoch: int | None = None) -> list[dict[str, Any]]:
+        if not self.metrics.exists():
+            return []
+        out = []
+        for line in self.metrics.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                if up_to_epoch is None or rec["epoch"] <= up_to_epoch:
+                    out.append(rec)
+        return out
+
+    def truncate_metrics(self, up_to_epoch: int) -> list[dict[str, Any]]:
+        """Drop lines written after the checkpoint (a crash between the two writes)."""
+        keep = self.read_metrics(up_to_epoch)
+        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in keep))
+        return keep
+
+    def write_json(self, name: str, obj: Any) -> None:
+        atomic_write_text(self.path / name, json.dumps(obj, indent=2) + "\n")
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        state = {"format": CHECKPOINT_FORMAT, **state}
+        atomic_write_bytes(self.checkpoint, lambda f: torch.save(state, f))
+
+    def load_checkpoint(self, cfg: SearchConfig) -> dict[str, Any]:
+        """Load the checkpoint safely (``weights_only``) and check it was made by ``cfg``."""
+        if not self.checkpoint.exists():
+            raise DiffnasError(f"cannot resume: no checkpoint at {self.checkpoint}")
+        try:
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling/IO error means a bad file
+            raise DiffnasError(f"cannot resume: checkpoint {self.checkpoint} is unreadable "
+                               f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise DiffnasError(f"cannot resume: {self.checkpoint} has format "
+                               f"{state.get('format')!r}, this diffnas writes {CHECKPOINT_FORMAT}")
+        saved = SearchConfig.from_dict(json.loads(state["config"]))
+        diff = saved.fingerprint_diff(cfg)
+        if diff:
+            a, b = saved.to_dict(), cfg.to_dict()
+            what = "; ".join(f"{k}: checkpoint {a[k]!r}, requested {b[k]!r}" for k in diff)
+            raise DiffnasError(f"cannot resume {self.path}: the checkpoint was made with another "
+                               f"config ({what})")
+        return state

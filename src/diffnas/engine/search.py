@@ -1,0 +1,229 @@
+"""The search loop: epochs, steps, evaluation, logging, checkpoints and resume.
+
+It knows nothing of any particular method: it builds the supernet of the
+chosen space, the objective and the method, and calls the method's hooks.
+Randomness is re-seeded at the start of every epoch from (seed, epoch), and
+the checkpoint holds every other piece of state, so a resumed run continues
+exactly as the uninterrupted one would have (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import SearchConfig, resolve_config
+from ..data import BatchAugment, BatchStream, ImageDataset, load_dataset, split_indices
+from ..errors import DiffnasError
+from ..methods import SearchMethod, get_method
+from ..methods.base import accuracy
+from ..objectives import build_objective
+from ..spaces import Genotype, Supernet, build_supernet
+from .runfolder import RunFolder
+
+
+@dataclass
+class SearchResult:
+    genotype: Genotype
+    run_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DiffnasError(f"device {name!r} was asked for but CUDA is not available; "
+                           "use --device cpu or auto")
+    return torch.device(name)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def build_search(cfg: SearchConfig, in_channels: int, image_size: int, num_classes: int,
+                 steps_per_epoch: int, device: torch.device) -> tuple[Supernet, Any, SearchMethod]:
+    """Supernet, objective and method for ``cfg`` (shared by search and profile)."""
+    torch.manual_seed(cfg.seed)
+    method_cls = get_method(cfg.method)
+    net = build_supernet(cfg.space, cfg.channels, cfg.layers, num_classes, in_channels).to(device)
+    objective = build_objective(cfg.objective, net, in_channels, image_size,
+                                cfg.objective_args).to(device)
+    method = method_cls(cfg, net, objective, steps_per_epoch)
+    return net, objective, method
+
+
+def alpha_std(weights: dict[str, torch.Tensor]) -> float:
+    """Σ over edges of the std of the edge's op weights (Semantic-DARTS Fig. 9 collapse measure)."""
+    return float(sum(w.float().std(dim=1, unbiased=False).sum() for w in weights.values()))
+
+
+class _Meter:
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.n = 0
+
+    def update(self, stats: dict[str, float]) -> None:
+        for k, v in stats.items():
+            self.sums[k] += v
+        self.n += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(1, self.n) for k, v in self.sums.items()}
+
+
+def search(cfg: SearchConfig | None = None, *, out: str | Path | None = None, resume: bool = False,
+           progress: bool = True, preset: str | None = None, **overrides: Any) -> SearchResult:
+    """Run one architecture search and return its genotype and run folder.
+
+    ``search(preset="cpu", epochs=2)`` or ``search(SearchConfig(...))``; the run folder
+    defaults to ``runs/<method>-<space>-<dataset>-seed<seed>``.
+    """
+    if cfg is None:
+        cfg = resolve_config(preset, **overrides)
+    elif overrides or preset:
+        raise DiffnasError("pass either a SearchConfig or a preset/overrides, not both")
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    dataset_name = cfg.dataset.replace("/", "_").replace(":", "-")
+    run = RunFolder(out or Path("runs") / f"{cfg.method}-{cfg.space}-{dataset_name}-seed{cfg.seed}")
+    if not resume and run.checkpoint.exists():
+        raise DiffnasError(f"run folder {run.path} already holds a checkpoint; pass --resume to "
+                           "continue it or --out to start a new run")
+
+    data = load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir, image_size=cfg.image_size)
+    if cfg.subset is not None and cfg.subset < len(data.labels):
+        data = data.subset(cfg.subset, cfg.seed)
+    return _run(cfg, data, run, resume, progress, device)
+
+
+def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, progress: bool,
+         device: torch.device) -> SearchResult:
+    images, labels = data.images.to(device), data.labels.to(device)
+    train_idx, val_idx = split_indices(len(labels), cfg.train_portion, cfg.seed)
+    train = BatchStream(images, labels, train_idx, cfg.batch_size, seed=cfg.seed, device=device)
+    val = BatchStream(images, labels, val_idx, cfg.batch_size, seed=cfg.seed + 1, device=device)
+    evaluation = BatchStream(images, labels, val_idx, max(cfg.batch_size, 256), seed=0,
+                             drop_last=False, device=device)
+    steps = min(len(train), len(val))
+    aug = BatchAugment(data.mean, data.std, crop_padding=cfg.crop_padding,
+                       flip=data.flip if cfg.flip is None else cfg.flip, cutout=cfg.cutout)
+    net, objective, method = build_search(cfg, data.in_channels, data.image_size,
+                                          data.num_classes, steps, device)
+
+    start, elapsed, history = 0, 0.0, []
+    if resume and run.checkpoint.exists():
+        state = run.load_checkpoint(cfg)
+        net.load_state_dict(state["model"])
+        objective.load_state_dict(state["objective"])
+        method.load_state_dict(state["method"])
+        start, elapsed = int(state["epoch"]) + 1, float(state["elapsed"])
+        history = run.truncate_metrics(start - 1)
+        run.log(f"resumed at epoch {start} from {run.checkpoint}")
+    else:
+        run.create(cfg)
+        if run.metrics.exists():
+            run.metrics.unlink()
+        run.log(f"search: {cfg.method} in {cfg.space} on {cfg.dataset} "
+                f"({len(train_idx)} train / {len(val_idx)} val images, "
+                f"{tuple(images.shape[1:])}), {cfg.epochs} epochs × {steps} steps, device {device}")
+
+    bar = tqdm(total=cfg.epochs * steps, initial=start * steps, disable=not progress,
+               desc=f"{cfg.method}/{cfg.space}", unit="step", dynamic_ncols=True, leave=True)
+    genotype = method.derive()
+    record: dict[str, Any] = history[-1] if history else {}
+    try:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            torch.manual_seed(epoch_seed(cfg.seed, epoch))
+            gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch) + 1)
+            method.begin_epoch(epoch)
+            net.train()
+            objective.train()
+            meter = _Meter()
+            for (xt, yt), (xv, yv) in zip(train.epoch(epoch), val.epoch(epoch)):
+                bt = objective.prepare(aug(xt, gen), yt, gen)
+                bv = objective.prepare(aug(xv, gen), yv, gen)
+                stats = method.step(bt, bv)
+                bad = [k for k, v in stats.items() if not math.isfinite(v)]
+                if bad:
+                    last = f"epoch {start - 1 if epoch == start else epoch - 1}"
+                    raise DiffnasError(
+                        f"{', '.join(bad)} became {stats[bad[0]]} at epoch {epoch} step "
+                        f"{meter.n}; stopped. The last good checkpoint ({last}) is kept in "
+                        f"{run.path}; try a smaller learning rate")
+                meter.update(stats)
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats.get('acc', 0):.3f}",
+                                epoch=epoch)
+            eval_loss, eval_acc = evaluate(net, evaluation, aug)
+            genotype = method.derive()
+            weights = method.alpha_weights()
+            elapsed += time.perf_counter() - t0
+            record = {
+                "epoch": epoch, "lr": method.w_opt.param_groups[0]["lr"],
+                **{f"train_{k}" if not k.startswith("val") else f"search_{k}": v
+                   for k, v in meter.means().items()},
+                "val_loss": eval_loss, "val_acc": eval_acc,
+                "genotype": genotype.to_dict(), "genotype_str": str(genotype),
+                "skip_count": genotype.skip_count, "param_free_count": genotype.param_free_count,
+                "alpha_std": alpha_std(weights),
+                "alpha": {k: [[round(float(v), 5) for v in row] for row in w.cpu()]
+                          for k, w in weights.items()},
+                "epoch_time_s": time.perf_counter() - t0, "elapsed_s": elapsed,
+                "peak_mem_gib": peak_memory_gib(device),
+            }
+            run.append_metrics(record)
+            run.save_checkpoint({"epoch": epoch, "elapsed": elapsed,
+                                 "config": json.dumps(cfg.to_dict()), "model": net.state_dict(),
+                                 "objective": objective.state_dict(),
+                                 "method": method.state_dict()})
+            run.write_json("genotype.json", genotype.to_dict())
+            line = (f"epoch {epoch + 1}/{cfg.epochs}: train loss {record.get('train_loss', 0):.4f}"
+                    f" acc {record.get('train_acc', 0):.4f} | val loss {eval_loss:.4f} acc "
+                    f"{eval_acc:.4f} | skips {genotype.skip_count} | {genotype}")
+            run.log(line)
+            if progress:
+                bar.write(line)
+            history.append(record)
+    finally:
+        bar.close()
+    summary = {"genotype": genotype.to_dict(), "genotype_str": str(genotype),
+               "epochs": cfg.epochs, "final_val_acc": record.get("val_acc"),
+               "final_val_loss": record.get("val_loss"), "search_time_s": elapsed,
+               "peak_mem_gib": peak_memory_gib(device), "run_dir": str(run.path)}
+    run.write_json("genotype.json", genotype.to_dict())
+    run.write_json("result.json", summary)
+    return SearchResult(genotype, run.path, record, history)
+
+
+@torch.no_grad()
+def evaluate(net: torch.nn.Module, stream: BatchStream, aug: BatchAugment) -> tuple[float, float]:
+    """Loss and accuracy of the supernet (eval mode) over a whole split."""
+    net.eval()
+    total, loss_sum, correct = 0, 0.0, 0.0
+    for x, y in stream.epoch(0):
+        logits = net(aug(x, train=False))
+        n = len(y)
+        loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+        correct += accuracy(logits, y) * n
+        total += n
+    net.train()
+    return loss_sum / max(1, total), correct / max(1, total)

@@ -1,0 +1,18 @@
+"""Search methods by name. A new method is one module with a :class:`SearchMethod` subclass
+added to :data:`METHODS`."""
+
+from __future__ import annotations
+
+from ..errors import unknown
+from .base import SearchMethod
+from .darts import DARTS
+
+METHODS: dict[str, type[SearchMethod]] = {m.name: m for m in (DARTS,)}
+
+__all__ = ["METHODS", "SearchMethod", "get_method"]
+
+
+def get_method(name: str) -> type[SearchMethod]:
+    if name not in METHODS:
+        raise unknown("method", name, METHODS)
+    return METHODS[name]

@@ -1,0 +1,57 @@
+"""Search spaces: each builds its supernet and owns its genotype format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import DiffnasError, unknown
+from .base import EdgePolicy, EdgeWeights, MixedEdge, Supernet
+from .darts import DartsGenotype, DartsSupernet
+from .nb201 import NB201Genotype, NB201Supernet
+
+SPACES = {"darts": DartsSupernet, "nb201": NB201Supernet}
+Genotype = DartsGenotype | NB201Genotype
+
+__all__ = ["SPACES", "DartsGenotype", "DartsSupernet", "EdgePolicy", "EdgeWeights", "Genotype",
+           "MixedEdge", "NB201Genotype", "NB201Supernet", "Supernet", "build_supernet",
+           "genotype_from_dict", "parse_genotype"]
+
+
+def build_supernet(space: str, channels: int, layers: int, num_classes: int,
+                   in_channels: int) -> Supernet:
+    if space not in SPACES:
+        raise unknown("search space", space, SPACES)
+    return SPACES[space](channels=channels, layers=layers, num_classes=num_classes,
+                         in_channels=in_channels)
+
+
+def genotype_from_dict(d: dict) -> Genotype:
+    space = d.get("space", "darts" if "normal" in d else "nb201")
+    if space == "darts":
+        return DartsGenotype.from_dict(d)
+    if space == "nb201":
+        return NB201Genotype.from_dict(d)
+    raise unknown("genotype space", space, SPACES)
+
+
+def parse_genotype(text: str) -> Genotype:
+    """A genotype from DARTS text, a NAS-Bench-201 string, JSON text, or a JSON file path."""
+    text = text.strip()
+    if text.startswith("Genotype("):
+        return DartsGenotype.parse(text)
+    if text.startswith("|"):
+        return NB201Genotype.parse(text)
+    if text.startswith("{"):
+        try:
+            return genotype_from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise DiffnasError(f"genotype JSON does not parse at line {e.lineno} column "
+                               f"{e.colno}: {e.msg}") from None
+    path = Path(text)
+    if path.is_dir():
+        path = path / "genotype.json"
+    if path.is_file():
+        return parse_genotype(path.read_text())
+    raise DiffnasError(f"cannot read genotype {text!r}: expected Genotype(...) text, a "
+                       "NAS-Bench-201 string |op~0|+..., JSON, or a path to genotype.json")
