@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import resource
@@ -176,17 +177,12 @@ def main(argv=None) -> int:
                "torch_threads": torch.get_num_threads()})
         return 0
 
-    import logging
-
-    import torch.nn as nn
-    from torch.utils.data import TensorDataset
-
     from nni.nas.evaluator.pytorch import DataLoader, Lightning, Trainer
     from nni.nas.evaluator.pytorch.lightning import ClassificationModule
     from nni.nas.hub.pytorch import DARTS as DartsSpace
-    from nni.nas.hub.pytorch.nasnet import OPS  # noqa: F401  (documented above)
     from nni.nas.nn.pytorch import MutableConv2d, MutableLinear
     from nni.nas.strategy import DARTS as DartsStrategy
+    from torch.utils.data import TensorDataset
 
     for name in ("pytorch_lightning", "lightning_fabric", "nni"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from typing import Any
@@ -10,6 +11,9 @@ from typing import Any
 from .errors import DiffnasError
 
 DEFAULT_PRESET = "cpu"
+# Modules that add subcommands: each has ``register(subparsers)`` which adds its parser(s)
+# with ``set_defaults(func=...)``; the function takes the parsed args and returns an exit code.
+EXTRA_COMMANDS: tuple[str, ...] = ()
 
 
 def _kv(items: list[str] | None, flag: str) -> dict[str, str]:
@@ -137,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list methods, spaces, objectives, datasets and presets")
     p.set_defaults(func=cmd_list)
+    for module in EXTRA_COMMANDS:
+        importlib.import_module(module).register(sub)
     return parser
 
 

@@ -20,7 +20,7 @@ class SearchConfig:
 
     method: str = "darts"
     space: str = "darts"
-    objective: str = "ce"
+    objective: str | None = None       # None: the method's own (ce for DARTS, mim for semantic)
     dataset: str = "cifar10"
     data_dir: str | None = None
     subset: int | None = None          # use only this many training images (quick runs)

@@ -64,8 +64,8 @@ def build_search(cfg: SearchConfig, in_channels: int, image_size: int, num_class
     torch.manual_seed(cfg.seed)
     method_cls = get_method(cfg.method)
     net = build_supernet(cfg.space, cfg.channels, cfg.layers, num_classes, in_channels).to(device)
-    objective = build_objective(cfg.objective, net, in_channels, image_size,
-                                cfg.objective_args).to(device)
+    objective = build_objective(cfg.objective or method_cls.default_objective, net, in_channels,
+                                image_size, cfg.objective_args).to(device)
     method = method_cls(cfg, net, objective, steps_per_epoch)
     return net, objective, method
 

@@ -39,6 +39,7 @@ class SearchMethod(EdgePolicy):
     name: ClassVar[str] = "base"
     paper: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    default_objective: ClassVar[str] = "ce"
 
     def __init__(self, cfg: SearchConfig, supernet: Supernet, objective: Objective,
                  steps_per_epoch: int) -> None:
