@@ -36,8 +36,14 @@ def genotype_from_dict(d: dict) -> Genotype:
 
 
 def parse_genotype(text: str) -> Genotype:
-    """A genotype from DARTS text, a NAS-Bench-201 string, JSON text, or a JSON file path."""
+    """A genotype from a registry name (``diffnas.nets.registry``), DARTS text, a NAS-Bench-201
+    string, JSON text, a JSON file path or a run folder (its genotype.json)."""
+    from ..nets.registry import REGISTRY, lookup  # lazy: diffnas.nets imports this package
+
     text = text.strip()
+    entry = lookup(text)
+    if entry is not None:
+        return entry.genotype
     if text.startswith("Genotype("):
         return DartsGenotype.parse(text)
     if text.startswith("|"):
@@ -53,5 +59,6 @@ def parse_genotype(text: str) -> Genotype:
         path = path / "genotype.json"
     if path.is_file():
         return parse_genotype(path.read_text())
-    raise DiffnasError(f"cannot read genotype {text!r}: expected Genotype(...) text, a "
-                       "NAS-Bench-201 string |op~0|+..., JSON, or a path to genotype.json")
+    raise DiffnasError(f"cannot read genotype {text!r}: expected a published genotype name "
+                       f"({', '.join(REGISTRY)}), Genotype(...) text, a NAS-Bench-201 string "
+                       "|op~0|+..., JSON, or a path to genotype.json or its run folder")

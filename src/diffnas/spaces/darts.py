@@ -253,6 +253,7 @@ class DartsSupernet(Supernet):
         for kind in ("normal", "reduce"):
             self.edge_index[kind] = edge_index()
         self._init_alphas(("normal", "reduce"), N_EDGES)
+        self._channels_last()
 
     @property
     def feature_channels(self) -> int:
@@ -263,6 +264,7 @@ class DartsSupernet(Supernet):
         return 2 ** self._n_reductions
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
         ew = self.edge_weights()
         s0 = s1 = self.stem(x)
         for cell in self.cells:

@@ -158,6 +158,7 @@ class NB201Supernet(Supernet):
         self._feature_channels = c
         self.edge_index["cell"] = list(EDGES)
         self._init_alphas(("cell",), len(EDGES))
+        self._channels_last()
 
     @property
     def feature_channels(self) -> int:
@@ -168,6 +169,7 @@ class NB201Supernet(Supernet):
         return 4
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
         ew = self.edge_weights()["cell"]
         h = self.stem(x)
         for block in self.blocks:

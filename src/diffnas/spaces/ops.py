@@ -14,20 +14,45 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class PreReLU(nn.Module):
-    """Base of operations whose first layer is a ReLU on the input."""
+def scaled_bn(bn: nn.BatchNorm2d, y: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """``scale · bn(y)`` in one batch-norm call: the scale joins BN's affine weight.
 
-    pre_relu = True
+    A mixed edge multiplies each op's output by its weight; for ops ending in BN
+    folding it in here saves one full pass over the output forward and backward.
+    """
+    if scale is None:
+        return bn(y)
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+    weight = scale.expand(bn.num_features) if bn.weight is None else bn.weight * scale
+    bias = None if bn.bias is None else bn.bias * scale
+    use_batch_stats = bn.training or not bn.track_running_stats
+    return F.batch_norm(y, bn.running_mean, bn.running_var, weight, bias, use_batch_stats,
+                        bn.momentum if bn.momentum is not None else 0.0, bn.eps)
 
-    def body(self, xr: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+
+class Op(nn.Module):
+    """Base of candidate operations.
+
+    ``pre_relu``: the op starts with a ReLU of its input, and ``body`` takes the
+    rectified input. ``scalable``: the op ends in BN, and ``body(x, scale)``
+    returns ``scale · op(x)`` by folding the scale into that BN.
+    """
+
+    pre_relu = False
+    scalable = False
+
+    def body(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover - abstract
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(F.relu(x))
+        return self.body(F.relu(x) if self.pre_relu else x)
 
 
-class ReLUConvBN(PreReLU):
+class ReLUConvBN(Op):
     """ReLU → conv k×k → BN (DARTS preprocessing; NAS-Bench-201 nor_conv)."""
+
+    pre_relu = scalable = True
 
     def __init__(self, c_in: int, c_out: int, k: int, stride: int, pad: int, affine: bool,
                  dilation: int = 1) -> None:
@@ -35,12 +60,41 @@ class ReLUConvBN(PreReLU):
         self.conv = nn.Conv2d(c_in, c_out, k, stride, pad, dilation=dilation, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
-    def body(self, xr: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(xr))
+    def body(self, xr: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        return scaled_bn(self.bn, self.conv(xr), scale)
 
 
-class DilConv(PreReLU):
-    """DARTS dil_conv: ReLU → depthwise k×k (dilation d) → pointwise 1×1 → BN."""
+def to_phases(x: torch.Tensor, d: int) -> torch.Tensor:
+    """``[B, C, H, W] → [d²·B, C, ⌈H/d⌉, ⌈W/d⌉]``: the d×d polyphase components as a batch
+    (zero-padded to multiples of d), laid out channels-last."""
+    b, c, h, w = x.shape
+    ph, pw = -h % d, -w % d
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))
+    hh, ww = (h + ph) // d, (w + pw) // d
+    t = x.permute(0, 2, 3, 1).reshape(b, hh, d, ww, d, c).permute(2, 4, 0, 1, 3, 5)
+    return t.reshape(d * d * b, hh, ww, c).permute(0, 3, 1, 2)
+
+
+def from_phases(y: torch.Tensor, d: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`to_phases`, cropped back to ``h × w``."""
+    n, c, hh, ww = y.shape
+    b = n // (d * d)
+    t = y.permute(0, 2, 3, 1).reshape(d, d, b, hh, ww, c).permute(2, 3, 0, 4, 1, 5)
+    t = t.reshape(b, hh * d, ww * d, c).permute(0, 3, 1, 2)
+    return t[:, :, :h, :w] if (hh * d, ww * d) != (h, w) else t
+
+
+class DilConv(Op):
+    """DARTS dil_conv: ReLU → depthwise k×k (dilation d) → pointwise 1×1 → BN.
+
+    A dilated depthwise convolution is computed as the undilated one on the d×d
+    polyphase components of its input (stride 1), or on the even-indexed grid
+    (stride 2 = d): the same numbers, but CPU kernels for dilated depthwise
+    convolutions (especially their backward) are several times slower.
+    """
+
+    pre_relu = scalable = True
 
     def __init__(self, c_in: int, c_out: int, k: int, stride: int, pad: int, dilation: int,
                  affine: bool) -> None:
@@ -48,29 +102,46 @@ class DilConv(PreReLU):
         self.dw = nn.Conv2d(c_in, c_in, k, stride, pad, dilation=dilation, groups=c_in, bias=False)
         self.pw = nn.Conv2d(c_in, c_out, 1, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
+        d = dilation
+        self._polyphase = d > 1 and stride in (1, d) and pad == d * (k - 1) // 2 and k % 2 == 1
 
-    def body(self, xr: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.pw(self.dw(xr)))
+    def depthwise(self, xr: torch.Tensor) -> torch.Tensor:
+        if not self._polyphase:
+            return self.dw(xr)
+        d, k = self.dw.dilation[0], self.dw.kernel_size[0]
+        if self.dw.stride[0] == d:  # only the grid of multiples of d is ever read
+            return F.conv2d(xr[:, :, ::d, ::d], self.dw.weight, None, 1, k // 2, 1, self.dw.groups)
+        h, w = xr.shape[-2:]
+        y = F.conv2d(to_phases(xr, d), self.dw.weight, None, 1, k // 2, 1, self.dw.groups)
+        return from_phases(y, d, h, w)
+
+    def body(self, xr: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        return scaled_bn(self.bn, self.pw(self.depthwise(xr)), scale)
 
 
-class SepConv(PreReLU):
+class SepConv(Op):
     """DARTS sep_conv: two stacked (ReLU → depthwise k×k → pointwise → BN), stride on the first."""
+
+    pre_relu = scalable = True
 
     def __init__(self, c_in: int, c_out: int, k: int, stride: int, pad: int, affine: bool) -> None:
         super().__init__()
         self.first = DilConv(c_in, c_in, k, stride, pad, 1, affine)
         self.second = DilConv(c_in, c_out, k, 1, pad, 1, affine)
 
-    def body(self, xr: torch.Tensor) -> torch.Tensor:
-        return self.second(self.first.body(xr))
+    def body(self, xr: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        return self.second.body(F.relu(self.first.body(xr)), scale)
 
 
-class FactorizedReduce(PreReLU):
+class FactorizedReduce(Op):
     """ReLU → two stride-2 1×1 convs on offset grids, concatenated → BN (halves H and W).
 
-    The offset branch pads one row/column first, so odd sizes (7×7 after two
-    reductions of 28×28) give matching shapes: ceil(H/2) on both branches.
+    The offset branch reads ``x[1:, 1:]``; for odd sizes (7×7 after two
+    reductions of 28×28) its output is one row/column short and is zero-padded,
+    which equals padding the input first: both branches give ⌈H/2⌉.
     """
+
+    pre_relu = scalable = True
 
     def __init__(self, c_in: int, c_out: int, affine: bool) -> None:
         super().__init__()
@@ -80,15 +151,17 @@ class FactorizedReduce(PreReLU):
         self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
-    def body(self, xr: torch.Tensor) -> torch.Tensor:
-        shifted = F.pad(xr, (0, 1, 0, 1))[:, :, 1:, 1:]
-        return self.bn(torch.cat([self.conv_1(xr), self.conv_2(shifted)], dim=1))
+    def body(self, xr: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.conv_1(xr)
+        b = self.conv_2(xr[:, :, 1:, 1:])
+        dh, dw = a.shape[-2] - b.shape[-2], a.shape[-1] - b.shape[-1]
+        if dh or dw:
+            b = F.pad(b, (0, dw, 0, dh))
+        return scaled_bn(self.bn, torch.cat([a, b], dim=1), scale)
 
 
-class Pool(nn.Module):
+class Pool(Op):
     """3×3 max or average pooling, optionally followed by a non-affine BN (DARTS search edges)."""
-
-    pre_relu = False
 
     def __init__(self, kind: str, c: int, stride: int, bn: bool, affine: bool = False) -> None:
         super().__init__()
@@ -97,29 +170,26 @@ class Pool(nn.Module):
         else:
             self.pool = nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
         self.bn = nn.BatchNorm2d(c, affine=affine) if bn else None
+        self.scalable = bn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def body(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         y = self.pool(x)
-        return self.bn(y) if self.bn is not None else y
+        return scaled_bn(self.bn, y, scale) if self.bn is not None else y
 
 
-class Identity(nn.Module):
-    pre_relu = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+class Identity(Op):
+    def body(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         return x
 
 
-class Zero(nn.Module):
+class Zero(Op):
     """The ``none`` operation: zeros of the (strided) output shape."""
-
-    pre_relu = False
 
     def __init__(self, stride: int) -> None:
         super().__init__()
         self.stride = stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def body(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         if self.stride == 1:
             return x.mul(0.0)
         return x[:, :, :: self.stride, :: self.stride].mul(0.0)
