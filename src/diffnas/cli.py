@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from .errors import DiffnasError
@@ -13,7 +14,7 @@ from .errors import DiffnasError
 DEFAULT_PRESET = "cpu"
 # Modules that add subcommands: each has ``register(subparsers)`` which adds its parser(s)
 # with ``set_defaults(func=...)``; the function takes the parsed args and returns an exit code.
-EXTRA_COMMANDS: tuple[str, ...] = ()
+EXTRA_COMMANDS: tuple[str, ...] = ("diffnas.cli_bench", "diffnas.cli_eval", "diffnas.cli_semantic")
 
 
 def _kv(items: list[str] | None, flag: str) -> dict[str, str]:
@@ -28,7 +29,8 @@ def _kv(items: list[str] | None, flag: str) -> dict[str, str]:
 
 def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None,
-                   help=f"named configuration (default: {DEFAULT_PRESET}); `diffnas list` shows all")
+                   help=f"named configuration (default: {DEFAULT_PRESET}); "
+                        "`diffnas list` shows all")
     p.add_argument("--method", help="search method (default: darts)")
     p.add_argument("--space", help="search space: darts or nb201")
     p.add_argument("--objective", help="search objective (default: ce)")
@@ -87,8 +89,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(json.dumps(res))
         return 0
     mem = res.get("peak_rss_gib", res.get("peak_cuda_gib"))
-    print(f"{res['method']} (order {res['order']}, objective {res['objective']}) in {res['space']}: "
-          f"{res['config']}")
+    print(f"{res['method']} (order {res['order']}, objective {res['objective']}) in "
+          f"{res['space']}: {res['config']}")
     print(f"  median {res['median_s']:.3f} s/iteration over {res['iters']} "
           f"(after {res['warmup']} warm-up), {res['threads']} threads, {res['device']}")
     print(f"  peak memory {mem:.2f} GiB, {res['flops_per_iter'] / 1e9:.1f} GFLOP/iteration "
@@ -155,9 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
-        where = f" in {out}" if out else ""
-        print(f"\ninterrupted; the last epoch's checkpoint{where} is intact: "
-              "continue with the same command plus --resume", file=sys.stderr)
+        if out and not (Path(out) / "checkpoint.pt").exists():
+            print(f"\ninterrupted before the first epoch finished: {out} holds no checkpoint "
+                  "yet; run the same command again", file=sys.stderr)
+        else:
+            where = f" in {out}" if out else ""
+            print(f"\ninterrupted; the last epoch's checkpoint{where} is intact: "
+                  "continue with the same command plus --resume", file=sys.stderr)
         return 130
 
 

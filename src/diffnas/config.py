@@ -80,13 +80,25 @@ class SearchConfig:
             (0 < self.train_portion < 1,
              f"train portion must be in (0, 1), got {self.train_portion}"),
             (self.order in (1, 2), f"order must be 1 or 2, got {self.order}"),
-            (self.subset is None or self.subset >= 2, f"subset must be at least 2, got {self.subset}"),
+            (self.subset is None or self.subset >= 2,
+             f"subset must be at least 2, got {self.subset}"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"device must be auto, cpu or cuda[:N], got {self.device!r}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise DiffnasError(msg)
+        # names, checked before any data is loaded (lazy imports: the registries import this)
+        from .methods import METHODS
+        from .objectives import OBJECTIVES
+        from .spaces import SPACES
+
+        if self.method not in METHODS:
+            raise unknown("method", self.method, METHODS)
+        if self.space not in SPACES:
+            raise unknown("search space", self.space, SPACES)
+        if self.objective is not None and self.objective not in OBJECTIVES:
+            raise unknown("objective", self.objective, OBJECTIVES)
 
     def fingerprint_diff(self, other: SearchConfig) -> list[str]:
         """Fields that change the result of a run (all but device and data location)."""

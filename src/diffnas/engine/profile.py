@@ -77,7 +77,8 @@ def profile(cfg: SearchConfig, input_size: int = 32, in_channels: int = 3,
     flops = count_flops(lambda: one(0))
     med = statistics.median(times)
     return {
-        "method": cfg.method, "space": cfg.space, "order": cfg.order, "objective": cfg.objective or type(method).default_objective,
+        "method": cfg.method, "space": cfg.space, "order": cfg.order,
+        "objective": cfg.objective or type(method).default_objective,
         "config": {"channels": cfg.channels, "layers": cfg.layers, "batch_size": cfg.batch_size,
                    "input_size": input_size, "in_channels": in_channels,
                    "num_classes": num_classes, "method_args": cfg.method_args,

@@ -14,6 +14,10 @@ import torch
 from ..config import SearchConfig, dump_config
 from ..errors import DiffnasError
 
+# Any config dataclass with ``to_dict``, ``from_dict`` and ``fingerprint_diff`` (SearchConfig,
+# TrainConfig); resuming rebuilds the saved one with the same class.
+RunConfig = Any
+
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 
@@ -51,7 +55,7 @@ class RunFolder:
     def metrics(self) -> Path:
         return self.path / "metrics.jsonl"
 
-    def create(self, cfg: SearchConfig) -> None:
+    def create(self, cfg: SearchConfig | RunConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path / "config.json", dump_config(cfg) + "\n")
 
@@ -64,14 +68,23 @@ class RunFolder:
             f.write(json.dumps(record) + "\n")
 
     def read_metrics(self, up_to_epoch: int | None = None) -> list[dict[str, Any]]:
+        """The epoch records, up to ``up_to_epoch``; a last line cut short by a crash is skipped
+        (the checkpoint is written after it, so it belongs to an epoch that did not finish)."""
         if not self.metrics.exists():
             return []
         out = []
-        for line in self.metrics.read_text().splitlines():
-            if line.strip():
+        lines = self.metrics.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
                 rec = json.loads(line)
-                if up_to_epoch is None or rec["epoch"] <= up_to_epoch:
-                    out.append(rec)
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:
+                    break
+                raise DiffnasError(f"{self.metrics} line {i + 1} is not a JSON record") from None
+            if up_to_epoch is None or rec["epoch"] <= up_to_epoch:
+                out.append(rec)
         return out
 
     def truncate_metrics(self, up_to_epoch: int) -> list[dict[str, Any]]:
@@ -88,7 +101,7 @@ class RunFolder:
         state = {"format": CHECKPOINT_FORMAT, **state}
         atomic_write_bytes(self.checkpoint, lambda f: torch.save(state, f))
 
-    def load_checkpoint(self, cfg: SearchConfig) -> dict[str, Any]:
+    def load_checkpoint(self, cfg: SearchConfig | RunConfig) -> dict[str, Any]:
         """Load the checkpoint safely (``weights_only``) and check it was made by ``cfg``."""
         if not self.checkpoint.exists():
             raise DiffnasError(f"cannot resume: no checkpoint at {self.checkpoint}")
@@ -100,7 +113,7 @@ class RunFolder:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise DiffnasError(f"cannot resume: {self.checkpoint} has format "
                                f"{state.get('format')!r}, this diffnas writes {CHECKPOINT_FORMAT}")
-        saved = SearchConfig.from_dict(json.loads(state["config"]))
+        saved = type(cfg).from_dict(json.loads(state["config"]))
         diff = saved.fingerprint_diff(cfg)
         if diff:
             a, b = saved.to_dict(), cfg.to_dict()

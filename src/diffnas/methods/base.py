@@ -40,6 +40,8 @@ class SearchMethod(EdgePolicy):
     paper: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     default_objective: ClassVar[str] = "ce"
+    #: DARTS Eq. (8): the finite-difference step is ε = fd_radius / ‖∇_{w'} L_val(w', α)‖
+    fd_radius: ClassVar[float] = 0.01
 
     def __init__(self, cfg: SearchConfig, supernet: Supernet, objective: Objective,
                  steps_per_epoch: int) -> None:
@@ -125,13 +127,16 @@ class SearchMethod(EdgePolicy):
         return out
 
     # -- second order (DARTS Eq. 6-8) --------------------------------------------------------------
-    def unrolled_arch_grads(self, val: Batch, train: Batch) -> tuple[LossOutput, list[torch.Tensor]]:
+    def unrolled_arch_grads(self, val: Batch,
+                            train: Batch) -> tuple[LossOutput, list[torch.Tensor]]:
         """∇_α L_val(w', α) − ξ ∇²_{α,w} L_train(w, α) ∇_{w'} L_val(w', α), with
         w' = w − ξ ∇_w L_train(w, α) (one virtual SGD step, momentum and weight decay included)
         and the Hessian-vector product by central finite differences (Eq. 8)."""
         xi = self.w_opt.param_groups[0]["lr"]
         w = self.w_params
-        buffers = [b.clone() for b in self.net.buffers()]
+        # BN running statistics of the supernet and of the objective's heads (a decoder)
+        live = [*self.net.buffers(), *self.objective.buffers()]
+        buffers = [b.clone() for b in live]
         saved = [p.detach().clone() for p in w]
         # virtual step w' (Eq. 6)
         with frozen(self.a_params):
@@ -148,7 +153,7 @@ class SearchMethod(EdgePolicy):
         grads = grads_of(out.loss, [*self.a_params, *w])
         g_alpha, g_wp = grads[:len(self.a_params)], grads[len(self.a_params):]
         # finite-difference Hessian-vector product (Eq. 8)
-        eps = 0.01 / (torch.sqrt(sum((g * g).sum() for g in g_wp)) + 1e-12)
+        eps = self.fd_radius / (torch.sqrt(sum((g * g).sum() for g in g_wp)) + 1e-12)
         hvp: list[torch.Tensor] = []
         for sign in (1.0, -1.0):
             with torch.no_grad():
@@ -159,12 +164,12 @@ class SearchMethod(EdgePolicy):
         with torch.no_grad():
             for p, p0 in zip(w, saved, strict=True):
                 p.copy_(p0)
-            for b, b0 in zip(self.net.buffers(), buffers, strict=True):
+            for b, b0 in zip(live, buffers, strict=True):
                 b.copy_(b0)
         final = [ga - xi * h / (2 * eps) for ga, h in zip(g_alpha, hvp, strict=True)]
         return out, final
 
-    # -- results ------------------------------------------------------------------------------------
+    # -- results -----------------------------------------------------------------------------------
     @torch.no_grad()
     def alpha_weights(self) -> dict[str, torch.Tensor]:
         """α after this method's weighting (softmax for DARTS), per cell kind."""

@@ -68,6 +68,11 @@ class DartsGenotype:
                     valid = [p for p in PRIMITIVES if p != "none"]
                     raise DiffnasError(f"genotype {kind}[{i}] has op {op!r}, which is not in the "
                                        f"DARTS space; valid: {', '.join(valid)}")
+            concat = getattr(self, f"{kind}_concat")
+            last = 1 + len(pairs) // 2
+            if pairs and (not concat or not all(2 <= n <= last for n in concat)):
+                raise DiffnasError(f"genotype {kind}_concat {list(concat)} must list intermediate "
+                                   f"nodes of the {kind} cell, 2..{last}")
 
     @property
     def steps(self) -> int:
@@ -114,15 +119,21 @@ class DartsGenotype:
 
 
 def _parse_genotype_text(text: str) -> dict:
+    text = text.strip()
+    multiline = "\n" in text
+
+    def at(line: int | None, col: int | None) -> str:
+        return f" at line {line} column {col}" if multiline else f" at column {col}"
+
     def fail(node: ast.AST | None, why: str) -> DiffnasError:
-        where = f" at column {node.col_offset + 1}" if node is not None else ""
+        where = at(node.lineno, node.col_offset + 1) if node is not None else ""
         return DiffnasError(f"cannot parse genotype{where}: {why}; expected "
                             "Genotype(normal=[('op', input), ...], normal_concat=[2, 3, 4, 5], "
                             "reduce=[...], reduce_concat=[...])")
     try:
-        tree = ast.parse(text.strip(), mode="eval").body
+        tree = ast.parse(text, mode="eval").body
     except SyntaxError as e:
-        raise DiffnasError(f"cannot parse genotype at column {e.offset}: {e.msg}") from None
+        raise DiffnasError(f"cannot parse genotype{at(e.lineno, e.offset)}: {e.msg}") from None
     if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name)
             and tree.func.id == "Genotype"):
         raise fail(tree, "text does not start with Genotype(")
@@ -132,14 +143,19 @@ def _parse_genotype_text(text: str) -> dict:
     def ints(node: ast.AST) -> list[int]:
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
                 and node.func.id == "range" and not node.keywords):
-            bounds = [ast.literal_eval(a) for a in node.args]
-            return list(range(*bounds))
+            try:
+                nodes = range(*[ast.literal_eval(a) for a in node.args])
+            except (ValueError, TypeError):
+                raise fail(node, "expected range(a, b) with integer bounds") from None
+            if len(nodes) > 64:
+                raise fail(node, f"range of {len(nodes)} nodes; a cell has far fewer")
+            return list(nodes)
         try:
             v = ast.literal_eval(node)
         except ValueError:
             raise fail(node, "expected a list of node indices or range(a, b)") from None
-        if not all(isinstance(i, int) for i in v):
-            raise fail(node, "expected integers")
+        if not isinstance(v, list | tuple) or not all(isinstance(i, int) for i in v):
+            raise fail(node, "expected a list of integers")
         return list(v)
 
     def pairs(node: ast.AST) -> list[tuple[str, int]]:
@@ -147,8 +163,9 @@ def _parse_genotype_text(text: str) -> dict:
             v = ast.literal_eval(node)
         except ValueError:
             raise fail(node, "expected a list of ('op', input) pairs") from None
-        if not all(isinstance(p, tuple | list) and len(p) == 2 and isinstance(p[0], str)
-                   and isinstance(p[1], int) for p in v):
+        if not isinstance(v, list | tuple) or not all(
+                isinstance(p, tuple | list) and len(p) == 2 and isinstance(p[0], str)
+                and isinstance(p[1], int) for p in v):
             raise fail(node, "expected a list of ('op', input) pairs")
         return [(p[0], p[1]) for p in v]
 
@@ -159,7 +176,7 @@ def _parse_genotype_text(text: str) -> dict:
         elif kw.arg in ("normal_concat", "reduce_concat"):
             out[kw.arg] = ints(kw.value)
         else:
-            raise fail(kw.value, f"unknown field {kw.arg!r}")
+            raise fail(kw, f"unknown field {kw.arg!r}")
     for need in ("normal", "reduce"):
         if need not in out:
             raise fail(None, f"missing field {need!r}")
@@ -264,12 +281,32 @@ class DartsSupernet(Supernet):
         return 2 ** self._n_reductions
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_stages(x)[-1]
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps after each stage: the stages split at the reduction cells (stage ``k``
+        ends just before reduction cell ``k``; the last one is :meth:`forward_features`)."""
         x = x.contiguous(memory_format=torch.channels_last)
         ew = self.edge_weights()
         s0 = s1 = self.stem(x)
+        stages: list[torch.Tensor] = []
         for cell in self.cells:
+            if cell.reduction:
+                stages.append(s1)
             s0, s1 = s1, cell(s0, s1, ew["reduce" if cell.reduction else "normal"])
-        return s1
+        stages.append(s1)
+        return stages
+
+    @property
+    def stage_channels(self) -> list[int]:
+        """Channels of each :meth:`forward_stages` output."""
+        chans, c, prev = [], self.channels, 0
+        for cell in self.cells:
+            if cell.reduction:
+                chans.append(prev)
+                c *= 2
+            prev = cell.multiplier * c
+        return [*chans, prev]
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(F.adaptive_avg_pool2d(features, 1).flatten(1))

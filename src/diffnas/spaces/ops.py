@@ -24,7 +24,10 @@ def scaled_bn(bn: nn.BatchNorm2d, y: torch.Tensor, scale: torch.Tensor | None) -
         return bn(y)
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
-    weight = scale.expand(bn.num_features) if bn.weight is None else bn.weight * scale
+    # contiguous: torch's CPU batch-norm backward on channels-last inputs misreads a stride-0
+    # (expanded) weight once C >= 16: wrong, run-to-run different (NaN) gradients
+    weight = (scale.expand(bn.num_features).contiguous() if bn.weight is None
+              else bn.weight * scale)
     bias = None if bn.bias is None else bn.bias * scale
     use_batch_stats = bn.training or not bn.track_running_stats
     return F.batch_norm(y, bn.running_mean, bn.running_var, weight, bias, use_batch_stats,
@@ -153,6 +156,8 @@ class FactorizedReduce(Op):
 
     def body(self, xr: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         a = self.conv_1(xr)
+        if min(xr.shape[-2:]) < 2:  # the offset grid is all padding
+            return scaled_bn(self.bn, torch.cat([a, torch.zeros_like(a)], dim=1), scale)
         b = self.conv_2(xr[:, :, 1:, 1:])
         dh, dw = a.shape[-2] - b.shape[-2], a.shape[-1] - b.shape[-1]
         if dh or dw:
