@@ -4,7 +4,7 @@
 Runs, one after the other and each in a fresh process (never two at once: the
 standard config needs ~10 GB per process and all the cores), for every config:
 
-  (a) ``.venv/bin/diffnas profile --method darts --space darts ... --json``
+  (a) ``.venv/bin/diffnas profile --method darts --space darts ... --device cpu --json``
       first order, then with ``--order 2``;
   (b) ``bench-venvs/nni/bin/python benchmarks/nni_darts.py ...`` (NNI 3.0's
       DARTS strategy, first order; NNI 3.0 has no second order, the script
@@ -148,9 +148,10 @@ def config_flags(cfg: dict) -> list[str]:
             "--in-channels", str(cfg["in_channels"])]
 
 
-def diffnas_cmd(diffnas: Path, cfg: dict, iters: int, order: int) -> list[str]:
+def diffnas_cmd(diffnas: Path, cfg: dict, iters: int, warmup: int, order: int) -> list[str]:
     cmd = [str(diffnas), "profile", "--method", "darts", "--space", "darts",
-           *config_flags(cfg), "--iters", str(iters), "--json"]
+           *config_flags(cfg), "--num-classes", str(cfg["num_classes"]),
+           "--iters", str(iters), "--warmup", str(warmup), "--device", "cpu", "--json"]
     if order == 2:
         cmd += ["--order", "2"]
     return cmd
@@ -257,7 +258,7 @@ def render_section(data: dict) -> str:
             dates = sorted({r.get("date", "")[:10] for r in (d, n) if r is not None} - {""})
             its = f"{d.get('iters', '—') if d_ok else '—'}/" \
                   f"{n.get('iters', '—') if n_ok and n.get('supported', True) else '—'}"
-            thr = f"{d.get('torch_threads', '?') if d_ok else '—'}/" \
+            thr = f"{d.get('torch_threads', d.get('threads', '?')) if d_ok else '—'}/" \
                   f"{n.get('torch_threads', '?') if n_ok else '—'}"
             shape = f"{cfg.get('input_size', '?')}²×{cfg.get('in_channels', '?')}"
             lines.append(
@@ -274,6 +275,11 @@ def render_section(data: dict) -> str:
                     notes.append(f"{who} {name} order {order}: process got only {cu:.2f} "
                                  f"CPU-s per s over the timed iterations (load avg before "
                                  f"{lb}) — the cores were probably shared; timing suspect.")
+                ts = [t for t in (r.get("times_s") or []) if isinstance(t, (int, float)) and t > 0]
+                if len(ts) >= 2 and max(ts) / min(ts) > 1.5:
+                    notes.append(f"{who} {name} order {order}: timed iterations ranged "
+                                 f"{min(ts):.2f}–{max(ts):.2f} s — probably disturbed by "
+                                 f"other load; re-run on an idle machine.")
     lines.append("")
     lines.append("NNI 3.0 implements first-order DARTS only (its `DARTS` strategy docstring: "
                  "\"Second order (unrolled 2nd-order derivatives) is not supported yet\"). "
@@ -316,8 +322,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=None,
                    help="timed iterations per run (default: small 5, standard 3)")
     p.add_argument("--warmup", type=int, default=None,
-                   help="NNI warm-up iterations (default: small 2, standard 1); "
-                        "diffnas profile uses its own warm-up")
+                   help="untimed warm-up iterations (default: small 2, standard 1)")
     p.add_argument("--skip-nni", action="store_true", help="run only the diffnas half")
     p.add_argument("--skip-diffnas", action="store_true", help="run only the NNI half")
     p.add_argument("--orders", default="1,2", help="DARTS orders to run (default 1,2)")
@@ -376,7 +381,7 @@ def main(argv=None) -> int:
         jobs: list[tuple[str, int, list[str]]] = []
         if not args.skip_diffnas:
             for order in orders:
-                jobs.append(("diffnas", order, diffnas_cmd(diffnas, cfg, iters, order)))
+                jobs.append(("diffnas", order, diffnas_cmd(diffnas, cfg, iters, warmup, order)))
         if not args.skip_nni:
             for order in orders:
                 jobs.append(("nni-3.0", order,
