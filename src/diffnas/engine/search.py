@@ -9,11 +9,13 @@ exactly as the uninterrupted one would have (on CPU).
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import resource
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,15 +61,37 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 def build_search(cfg: SearchConfig, in_channels: int, image_size: int, num_classes: int,
-                 steps_per_epoch: int, device: torch.device) -> tuple[Supernet, Any, SearchMethod]:
-    """Supernet, objective and method for ``cfg`` (shared by search and profile)."""
+                 steps_per_epoch: int, device: torch.device,
+                 stats: tuple[Sequence[float], Sequence[float]] | None = None,
+                 ) -> tuple[Supernet, Any, SearchMethod]:
+    """Supernet, objective and method for ``cfg`` (shared by search and profile).
+
+    ``stats``: the data's normalisation ``(mean, std)``, for objectives that work in pixel
+    space (reconstruction range, colour bins); None means pixels in [0, 1]."""
     torch.manual_seed(cfg.seed)
     method_cls = get_method(cfg.method)
     net = build_supernet(cfg.space, cfg.channels, cfg.layers, num_classes, in_channels).to(device)
+    mean, std = stats if stats is not None else (None, None)
     objective = build_objective(cfg.objective or method_cls.default_objective, net, in_channels,
-                                image_size, cfg.objective_args).to(device)
+                                image_size, cfg.objective_args, mean=mean, std=std).to(device)
     method = method_cls(cfg, net, objective, steps_per_epoch)
     return net, objective, method
+
+
+# Extra per-epoch metrics by search space: "module:function" names, imported when first used;
+# each is called as fn(genotype, run_folder) and returns entries for the epoch's metrics record.
+EPOCH_METRICS: dict[str, tuple[str, ...]] = {
+    "nb201": ("diffnas.bench.nb201_table:epoch_metrics",),  # NAS-Bench-201 table accuracy
+}
+
+
+def extra_epoch_metrics(space: str, genotype: Genotype, run: RunFolder) -> dict[str, Any]:
+    """The entries the :data:`EPOCH_METRICS` hooks of ``space`` add to an epoch's record."""
+    out: dict[str, Any] = {}
+    for ref in EPOCH_METRICS.get(space, ()):
+        module, name = ref.split(":")
+        out.update(getattr(importlib.import_module(module), name)(genotype, run))
+    return out
 
 
 def alpha_std(weights: dict[str, torch.Tensor]) -> float:
@@ -76,17 +100,22 @@ def alpha_std(weights: dict[str, torch.Tensor]) -> float:
 
 
 class _Meter:
+    """Per-epoch means of the step stats; each stat is averaged over the steps that reported it
+    (a method may report some stats only in some phases, e.g. CDARTS' separate learning)."""
+
     def __init__(self) -> None:
         self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
         self.n = 0
 
     def update(self, stats: dict[str, float]) -> None:
         for k, v in stats.items():
             self.sums[k] += v
+            self.counts[k] += 1
         self.n += 1
 
     def means(self) -> dict[str, float]:
-        return {k: v / max(1, self.n) for k, v in self.sums.items()}
+        return {k: v / self.counts[k] for k, v in self.sums.items()}
 
 
 def search(cfg: SearchConfig | None = None, *, out: str | Path | None = None, resume: bool = False,
@@ -126,7 +155,7 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
     aug = BatchAugment(data.mean, data.std, crop_padding=cfg.crop_padding,
                        flip=data.flip if cfg.flip is None else cfg.flip, cutout=cfg.cutout)
     net, objective, method = build_search(cfg, data.in_channels, data.image_size,
-                                          data.num_classes, steps, device)
+                                          data.num_classes, steps, device, (data.mean, data.std))
 
     start, elapsed, history = 0, 0.0, []
     if resume and run.checkpoint.exists():
@@ -158,20 +187,23 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
             net.train()
             objective.train()
             meter = _Meter()
-            for (xt, yt), (xv, yv) in zip(train.epoch(epoch), val.epoch(epoch)):
+            for (xt, yt), (xv, yv) in zip(train.epoch(epoch), val.epoch(epoch), strict=False):
                 bt = objective.prepare(aug(xt, gen), yt, gen)
                 bv = objective.prepare(aug(xv, gen), yv, gen)
                 stats = method.step(bt, bv)
                 bad = [k for k, v in stats.items() if not math.isfinite(v)]
                 if bad:
-                    last = f"epoch {start - 1 if epoch == start else epoch - 1}"
-                    raise DiffnasError(
-                        f"{', '.join(bad)} became {stats[bad[0]]} at epoch {epoch} step "
-                        f"{meter.n}; stopped. The last good checkpoint ({last}) is kept in "
-                        f"{run.path}; try a smaller learning rate")
+                    kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept in "
+                            f"{run.checkpoint}" if epoch > 0 else
+                            "no checkpoint was written yet (the first epoch did not finish)")
+                    msg = (f"{', '.join(bad)} became {stats[bad[0]]} at epoch {epoch} step "
+                           f"{meter.n}; stopped: {kept}; try a smaller learning rate")
+                    run.log(msg)
+                    raise DiffnasError(msg)
                 meter.update(stats)
                 bar.update(1)
-                bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats.get('acc', 0):.3f}",
+                bar.set_postfix(loss=f"{stats.get('loss', math.nan):.3f}",
+                                acc=f"{stats.get('acc', 0):.3f}",
                                 epoch=epoch)
             eval_loss, eval_acc = evaluate(net, evaluation, aug)
             genotype = method.derive()
@@ -189,6 +221,7 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
                           for k, w in weights.items()},
                 "epoch_time_s": time.perf_counter() - t0, "elapsed_s": elapsed,
                 "peak_mem_gib": peak_memory_gib(device),
+                **extra_epoch_metrics(cfg.space, genotype, run),
             }
             run.append_metrics(record)
             run.save_checkpoint({"epoch": epoch, "elapsed": elapsed,

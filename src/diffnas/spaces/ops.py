@@ -22,8 +22,11 @@ def scaled_bn(bn: nn.BatchNorm2d, y: torch.Tensor, scale: torch.Tensor | None) -
     """
     if scale is None:
         return bn(y)
+    momentum = bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
+        if momentum is None:  # cumulative moving average, as nn.BatchNorm2d does
+            momentum = 1.0 / float(bn.num_batches_tracked)
     # contiguous: torch's CPU batch-norm backward on channels-last inputs misreads a stride-0
     # (expanded) weight once C >= 16: wrong, run-to-run different (NaN) gradients
     weight = (scale.expand(bn.num_features).contiguous() if bn.weight is None
@@ -31,7 +34,7 @@ def scaled_bn(bn: nn.BatchNorm2d, y: torch.Tensor, scale: torch.Tensor | None) -
     bias = None if bn.bias is None else bn.bias * scale
     use_batch_stats = bn.training or not bn.track_running_stats
     return F.batch_norm(y, bn.running_mean, bn.running_var, weight, bias, use_batch_stats,
-                        bn.momentum if bn.momentum is not None else 0.0, bn.eps)
+                        momentum if momentum is not None else 0.0, bn.eps)
 
 
 class Op(nn.Module):
