@@ -9,6 +9,7 @@ trained with the supernet's weights. They compose with any search method.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,10 @@ class Objective(nn.Module):
     name = "ce"
 
     def __init__(self, supernet: nn.Module | None = None, image_channels: int = 3,
-                 image_size: int = 32, **options: Any) -> None:
+                 image_size: int = 32, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, **options: Any) -> None:
+        """``mean``/``std``: the per-channel normalisation the batches went through
+        (``x = (pixel / 255 - mean) / std``); None means un-normalised pixels in [0, 1]."""
         super().__init__()
         if options:
             raise DiffnasError(f"objective {self.name!r} takes no options "
