@@ -1,0 +1,146 @@
+"""Fixed networks built from genotypes, the registry of published genotypes, and their cost.
+
+``build_network(genotype)`` gives the DARTS CIFAR network (or, with ``imagenet=True``, the
+mobile-setting ImageNet network) for a DARTS genotype and the NAS-Bench-201 network for a
+NAS-Bench-201 one. ``count_cost(net)`` counts parameters (millions, auxiliary head excluded,
+as the DARTS papers do) and multiply-adds (millions, one image, eval mode: the DARTS
+convention — convolutions and linear layers; BN, pooling, ReLU and additions are not counted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..spaces.darts import DartsGenotype
+from ..spaces.nb201 import NB201Genotype
+from .darts_net import (
+    AuxiliaryHead,
+    DartsNetwork,
+    FixedCell,
+    NetworkCIFAR,
+    NetworkImageNet,
+    drop_path,
+    load_shared,
+    shared_parameters,
+)
+from .nb201_net import NB201Cell, NB201Network
+from .registry import REGISTRY, Published, get, lookup
+
+__all__ = ["REGISTRY", "AuxiliaryHead", "DartsNetwork", "FixedCell", "NB201Cell", "NB201Network",
+           "NetCost", "NetworkCIFAR", "NetworkImageNet", "Published", "build_network",
+           "count_cost", "count_madds", "drop_path", "get", "load_shared", "lookup",
+           "shared_parameters"]
+
+# default (channels, layers) of each skeleton
+DEFAULTS = {"cifar": (36, 20), "imagenet": (48, 14), "nb201": (16, 5)}
+
+
+def build_network(genotype: DartsGenotype | NB201Genotype, *, imagenet: bool = False,
+                  channels: int | None = None, layers: int | None = None,
+                  num_classes: int | None = None, in_channels: int = 3,
+                  input_size: int | None = None, auxiliary: bool = True) -> nn.Module:
+    """The evaluation network of ``genotype`` (``None`` arguments take the paper defaults:
+    CIFAR 36 channels × 20 cells at 32×32, ImageNet 48 × 14 at 224×224 with 1000 classes,
+    NAS-Bench-201 16 × 5 at 32×32)."""
+    if isinstance(genotype, NB201Genotype):
+        c, n = DEFAULTS["nb201"]
+        return NB201Network(genotype, channels or c, layers or n, num_classes or 10,
+                            in_channels, input_size or 32)
+    if imagenet:
+        c, n = DEFAULTS["imagenet"]
+        return NetworkImageNet(genotype, channels or c, layers or n, num_classes or 1000,
+                               auxiliary, in_channels, input_size or 224)
+    c, n = DEFAULTS["cifar"]
+    return NetworkCIFAR(genotype, channels or c, layers or n, num_classes or 10, auxiliary,
+                        in_channels, input_size or 32)
+
+
+@dataclass(frozen=True)
+class NetCost:
+    """Size and compute of a network for one ``in_channels × input_size²`` image."""
+
+    params: int            # parameters without the auxiliary head
+    params_aux: int        # parameters of the auxiliary head alone
+    madds: int             # multiply-adds of one forward pass (eval mode, batch 1)
+    input_size: int
+    in_channels: int
+
+    @property
+    def params_m(self) -> float:
+        return self.params / 1e6
+
+    @property
+    def madds_m(self) -> float:
+        return self.madds / 1e6
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"params": self.params, "params_m": round(self.params_m, 4),
+                "params_aux": self.params_aux, "madds": self.madds,
+                "madds_m": round(self.madds_m, 2), "input_size": self.input_size,
+                "in_channels": self.in_channels}
+
+
+def count_madds(net: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-adds of ``net(x)``: every convolution (output elements × in/groups × kernel) and
+    linear layer (batch × in × out) that runs, counted with forward hooks on the modules.
+
+    A depthwise convolution that an op computes without calling its module (the DARTS
+    ``DilConv`` evaluates its dilated ``dw`` on polyphase components, see
+    :mod:`diffnas.spaces.ops`) is counted at the op's pointwise ``pw`` convolution, whose input
+    is the depthwise output — so the count is that of the textbook layer, whatever the kernel
+    path. (``torch.utils.flop_counter`` would count the polyphase convolution, zero padding
+    included.)"""
+    total = 0
+
+    def conv_hook(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.numel() * (m.weight[0].numel() if isinstance(m, nn.modules.conv._ConvNd)
+                                else m.in_features)
+
+    def depthwise_at_pw(dw: nn.Conv2d):  # noqa: ANN202 - hook factory
+        def pre_hook(m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            nonlocal total
+            total += inputs[0].numel() * dw.weight[0].numel()
+        return pre_hook
+
+    handles = []
+    via_pw: set[int] = set()
+    for m in net.modules():
+        dw, pw = getattr(m, "dw", None), getattr(m, "pw", None)
+        if isinstance(dw, nn.Conv2d) and isinstance(pw, nn.Conv2d):
+            via_pw.add(id(dw))
+            handles.append(pw.register_forward_pre_hook(depthwise_at_pw(dw)))
+    for m in net.modules():
+        if isinstance(m, nn.modules.conv._ConvNd | nn.Linear) and id(m) not in via_pw:
+            handles.append(m.register_forward_hook(conv_hook))
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def count_cost(net: nn.Module, input_size: int | None = None,
+               in_channels: int | None = None) -> NetCost:
+    """Parameters (auxiliary head excluded) and multiply-adds of ``net`` for one image
+    (batch 1, eval mode, so neither the auxiliary head nor drop-path runs)."""
+    size = input_size or int(getattr(net, "input_size", 32))
+    chans = in_channels or int(getattr(net, "in_channels", 3))
+    aux = getattr(net, "auxiliary_head", None)
+    n_aux = sum(p.numel() for p in aux.parameters()) if aux is not None else 0
+    n_all = sum(p.numel() for p in net.parameters())
+    param = next(net.parameters())
+    x = torch.zeros(1, chans, size, size, dtype=param.dtype, device=param.device)
+    was_training = net.training
+    net.eval()
+    try:
+        madds = count_madds(net, x)
+    finally:
+        net.train(was_training)
+    return NetCost(params=n_all - n_aux, params_aux=n_aux, madds=madds, input_size=size,
+                   in_channels=chans)

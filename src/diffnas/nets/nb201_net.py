@@ -1,0 +1,111 @@
+"""The fixed NAS-Bench-201 network of one cell (Dong & Yang, ICLR 2020, §2.1 and Fig. 1).
+
+Same skeleton as the search network of :mod:`diffnas.spaces.nb201` — 3×3 conv stem (C
+channels), N cells, residual reduction block, N cells (2C), residual reduction, N cells (4C),
+BN-ReLU, global average pooling, linear — with affine BN everywhere (as in the benchmark's
+training). Each cell computes only the ops of its genotype; ``none`` edges are omitted.
+The op on edge ``i → j`` of block ``b`` is the module ``blocks.{b}.edges.{i}~{j}_{op}``, so two
+networks of different genotypes share the names of their common (edge, op) pairs, and an edge
+whose op changed shares nothing (not even a BN of the same shape).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import DiffnasError
+from ..spaces.nb201 import EDGES, N_NODES, NB201Genotype, ResidualReduction
+from ..spaces.ops import nb201_op
+
+
+class NB201Cell(nn.Module):
+    """One cell: node ``j`` sums op(node ``i``) over its non-``none`` incoming edges."""
+
+    def __init__(self, genotype: NB201Genotype, c: int) -> None:
+        super().__init__()
+        self.edges = nn.ModuleDict()
+        self.inputs: list[list[tuple[int, str]]] = [[] for _ in range(N_NODES)]
+        for (i, j), op in zip(EDGES, genotype.ops, strict=True):
+            if op == "none":
+                continue
+            key = f"{i}~{j}_{op}"
+            self.edges[key] = nb201_op(op, c, 1, affine=True)
+            self.inputs[j].append((i, key))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nodes = [x]
+        for j in range(1, N_NODES):
+            out: torch.Tensor | None = None
+            for i, key in self.inputs[j]:
+                h = self.edges[key](nodes[i])
+                out = h if out is None else out + h
+            nodes.append(out if out is not None else torch.zeros_like(x))
+        return nodes[-1]
+
+
+class NB201Network(nn.Module):
+    """NAS-Bench-201's evaluation network (defaults: C=16, N=5 cells per stage, 10 classes)."""
+
+    def __init__(self, genotype: NB201Genotype, channels: int = 16, layers: int = 5,
+                 num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> None:
+        super().__init__()
+        if not isinstance(genotype, NB201Genotype):
+            raise DiffnasError(f"a NAS-Bench-201 network needs a NAS-Bench-201 genotype, got a "
+                               f"{getattr(genotype, 'space', type(genotype).__name__)} one")
+        if channels < 1 or layers < 1 or num_classes < 1 or in_channels < 1:
+            raise DiffnasError(f"channels, layers, classes and input channels must be positive, "
+                               f"got {channels}, {layers}, {num_classes}, {in_channels}")
+        if input_size < 4:
+            raise DiffnasError(f"image size {input_size} is too small for a NAS-Bench-201 "
+                               "network: its 2 residual reduction blocks halve the feature map "
+                               "twice, so the input must be at least 4×4")
+        self.genotype = genotype
+        self.channels, self.layers = channels, layers
+        self.num_classes, self.in_channels, self.input_size = num_classes, in_channels, input_size
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(channels))
+        blocks: list[nn.Module] = []
+        c = channels
+        for stage in range(3):
+            if stage:
+                blocks.append(ResidualReduction(c, 2 * c, affine=True))
+                c *= 2
+            blocks.extend(NB201Cell(genotype, c) for _ in range(layers))
+        self.blocks = nn.ModuleList(blocks)
+        self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU())
+        self.classifier = nn.Linear(c, num_classes)
+        self.drop_path_prob = 0.0  # NAS-Bench-201 trains without drop-path
+        self.auxiliary_head = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_stages(x)[-1])
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps after each stage (split at the residual reductions; the last one after
+        the final BN-ReLU), as :meth:`DartsNetwork.forward_stages`."""
+        h = self.stem(x)
+        stages: list[torch.Tensor] = []
+        for block in self.blocks:
+            if isinstance(block, ResidualReduction):
+                stages.append(h)
+            h = block(h)
+        stages.append(self.lastact(h))
+        return stages
+
+    @property
+    def stage_channels(self) -> list[int]:
+        """Channels of each :meth:`forward_stages` output (C, 2C, 4C)."""
+        return [self.channels, 2 * self.channels, 4 * self.channels]
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(F.adaptive_avg_pool2d(features, 1).flatten(1))
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """Logits and None (the NAS-Bench-201 network has no auxiliary head)."""
+        return self.forward(x), None
+
+    def parameters_without_aux(self) -> list[nn.Parameter]:
+        """All parameters (there is no auxiliary head)."""
+        return list(self.parameters())
