@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from ..errors import unknown
 from .base import SearchMethod
+from .cdarts import CDARTS
 from .darts import DARTS
+from .semantic import SemanticDARTS
+from .stc import STC
 
-METHODS: dict[str, type[SearchMethod]] = {m.name: m for m in (DARTS,)}
+METHODS: dict[str, type[SearchMethod]] = {m.name: m for m in (DARTS, SemanticDARTS, STC, CDARTS)}
 
 __all__ = ["METHODS", "SearchMethod", "get_method"]
 

@@ -169,12 +169,28 @@ class NB201Supernet(Supernet):
         return 4
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_stages(x)[-1]
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps after each stage: the stages split at the residual reductions (the
+        last one, after BN-ReLU, is :meth:`forward_features`)."""
         x = x.contiguous(memory_format=torch.channels_last)
         ew = self.edge_weights()["cell"]
         h = self.stem(x)
+        stages: list[torch.Tensor] = []
         for block in self.blocks:
-            h = block(h, ew) if isinstance(block, NB201SearchCell) else block(h)
-        return self.lastact(h)
+            if isinstance(block, NB201SearchCell):
+                h = block(h, ew)
+            else:
+                stages.append(h)
+                h = block(h)
+        stages.append(self.lastact(h))
+        return stages
+
+    @property
+    def stage_channels(self) -> list[int]:
+        """Channels of each :meth:`forward_stages` output (C, 2C, 4C)."""
+        return [self.channels, 2 * self.channels, 4 * self.channels]
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(F.adaptive_avg_pool2d(features, 1).flatten(1))

@@ -1,0 +1,523 @@
+"""CDARTS: "Cyclic Differentiable Architecture Search" (Yu, Peng et al., IEEE TPAMI 45(1), 2023;
+reference code: microsoft/Cream ``CDARTS``, researchmm/CDARTS, NNI ``CdartsTrainer``).
+
+Two networks: the search network S (the supernet, w_S and α) and an evaluation network E
+(w_E) built from the current top-k (k = 2) discretisation of α; they teach each other.
+
+- §3.2, weight sharing in E: every S_U steps α is discretised; when the genotype changed, E is
+  rebuilt and inherits, bit for bit, every parameter/buffer it shares with the previous E (same
+  cell, node, input and op; stem, preprocessing and classifier always) — ``load_shared``.
+- §3.3, embedding modules: after each stage of S and of E, global pooling + linear maps the
+  stage's features to logits; the last stage's module is the network's own classifier.
+- Eq. (9)-(10), introspective distillation: L^{S,E} = Σ_stages T²·KL(p_E ‖ q_S), p_E and q_S
+  the softened (T = 2) stage logits of E and S, averaged over the batch.
+- Eq. (7), separate learning: right after a (re)build, E alone is trained for S_E steps on
+  val batches by its cross-entropy L^E_val.
+- Eq. (8), joint learning: α and w_E are updated together on a val batch by
+  L^S_val + L^E_val + λ·L^{S,E}_val (λ = 4) + Eq. (11); α by Adam, w_E by E's SGD.
+- Eq. (6): then w_S is updated on a train batch by L^S_train (SGD, cosine, as DARTS).
+- Eq. (11): λ'·‖α_skip‖₁ on the raw α of ``skip_connect`` in every cell kind, λ' decaying
+  linearly from 5 to 0 over the first ``l1_ratio`` (2/3: 20 of 30) of the post-warm-up epochs,
+  constant within an epoch; off (``l1_coeff=0``) in NAS-Bench-201 (the benchmark's rules, §4.2).
+- Table 7 ablations (``variant``): ``s`` S alone with the ℓ1 term (first-order DARTS + Eq. 11),
+  ``distill`` + E and the distillation (w_E trained only by separate learning, constant in the
+  joint step), ``full`` + w_E updated in the joint step (CDARTS).
+- Result: :meth:`CDARTS.derive` is the genotype of the last evaluation network (its trained
+  weights are in :attr:`CDARTS.eval_net` and in the checkpoint).
+
+How Algorithm 1 maps onto the method-agnostic loop (it hands the method one (train, val) batch
+pair per step): the method keeps a phase counter (the loop's global step). After
+``warmup_epochs`` (α fixed, only w_S trained; ImageNet: 10), the steps run in cycles of
+S_E + S_U steps; the first step of a cycle discretises α and rebuilds E if the genotype changed,
+the next S_E steps are separate learning on their val batches (their train batches are not
+used: w_S and α rest, as in Algorithm 1), the last S_U steps are joint steps followed by a w_S
+step. S_E and S_U are given in epochs (the paper's unit) and rounded to steps (at least 1), so
+``epochs`` counts both kinds: the paper's 30 CIFAR epochs with S_E = S_U = 1 epoch are 30
+cycles = 60 loop epochs. E's separate-learning cost therefore lands in the loop's step time and
+is amortised over the S_U search iterations of its cycle.
+
+Choices the paper leaves open (or where the reference code differs), ours:
+
+- The intermediate embedding modules are trained as probes: cross-entropy on the *detached*
+  stage features (S's in the w_S step, E's in E's steps), so they predict classes and Eq. (6)
+  and (7) stay exact for the networks' bodies; in the joint step only E's receive the
+  distillation gradient (they are part of w_E). The Cream code uses a deeper head (two convs,
+  768 channels) shared by S and E (same width there) and frozen on CIFAR.
+- w_E has its own SGD (the reference code's ``nasnet_lr``, momentum and weight decay of w_S),
+  constant ``e_lr`` (default: ``w_lr``), re-created at every rebuild (as the Cream code does);
+  gradients clipped at ``grad_clip``. The issue's "Adam 3e-4" is α's optimiser.
+- Presets use Adam betas (0.5, 0.99) and weight decay 3e-4 for α as stated in the issue (taken
+  from the paper); every reference script uses betas (0.5, 0.999) and α weight decay 0 (CIFAR)
+  or 1e-5 (ImageNet). Eq. (8) as written: the Cream/NNI code weights (CE_S + CE_E)/λ_code +
+  λ_code·KL with nn.KLDivLoss' element mean and λ_code = 1.
+- E sees the val batch the objective prepared (masked images under the MIM objective); E's
+  loss is plain cross-entropy, S's is the objective's (so MIM composes with S).
+- E is CIFAR-style (same stem and stage layout as the supernet) in every preset, also for
+  ImageNet, whose Cream search uses an ImageNet stem our supernet does not have.
+- In NAS-Bench-201 the discretisation keeps every edge (argmax op, ``none`` included), so ``k``
+  is not used there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import SearchConfig, register_preset
+from ..errors import DiffnasError, unknown
+from ..nets import build_network, load_shared
+from ..objectives import Batch, LossOutput, Objective
+from ..spaces import Genotype, Supernet, genotype_from_dict
+from ..spaces.darts import reduction_layers
+from .base import SearchMethod, accuracy, frozen, grads_of, set_grads
+
+#: Table 7 rows: S alone (+ℓ1), + distillation, + updating w_E in the joint step.
+VARIANTS = ("s", "distill", "full")
+
+
+def distillation_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
+                      temperature: float) -> torch.Tensor:
+    """Eq. (9)-(10): Σ over stages of T²·KL(p_E ‖ q_S), batch mean; p_E = softmax(teacher/T),
+    q_S = softmax(student/T). Gradients reach both sides (the paper trains E with it too)."""
+    t = float(temperature)
+    total = student[0].new_zeros(())
+    for s, e in zip(student, teacher, strict=True):
+        kl = F.kl_div(F.log_softmax(s / t, dim=1), F.log_softmax(e / t, dim=1),
+                      log_target=True, reduction="batchmean")
+        total = total + kl * (t * t)
+    return total
+
+
+def l1_schedule(epoch: int, epochs: int, coeff: float, ratio: float, warmup: int = 0) -> float:
+    """λ' of Eq. (11) in ``epoch``: ``coeff`` decaying linearly to 0 at ``ratio`` of the
+    post-warm-up epochs (CIFAR: 5 → 0 over 20 of 30), 0 afterwards."""
+    span = ratio * max(1, epochs - warmup)
+    return coeff * max(0.0, 1.0 - max(0, epoch - warmup) / span)
+
+
+class StageHeads(nn.Module):
+    """Embedding modules (§3.3): global pooling + linear on every stage but the last, whose
+    logits are the network's own classifier output."""
+
+    def __init__(self, stage_channels: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(c, num_classes) for c in stage_channels[:-1])
+
+    def _logits(self, head: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        return head(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+    def forward(self, stages: Sequence[torch.Tensor], final: torch.Tensor) -> list[torch.Tensor]:
+        """Per-stage logits: one per head, then ``final`` (the classifier's)."""
+        return [*(self._logits(m, h) for m, h in zip(self.heads, stages, strict=False)), final]
+
+    def probe_loss(self, stages: Sequence[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the heads on detached stage features: trains the heads only."""
+        loss = y.new_zeros((), dtype=torch.float32)
+        for m, h in zip(self.heads, stages, strict=False):
+            loss = loss + F.cross_entropy(self._logits(m, h.detach()), y)
+        return loss
+
+
+class _StageTap:
+    """Stands in for the supernet inside an objective's forward and keeps the stage features of
+    that forward, so the distillation reuses them (one pass, whatever the objective)."""
+
+    def __init__(self, net: Supernet) -> None:
+        self.net = net
+        self.stages: list[torch.Tensor] = []
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.stages = self.net.forward_stages(x)
+        return self.stages[-1]
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net.head(features)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.net, name)
+
+
+class CDARTS(SearchMethod):
+    """Cyclic search: S and an evaluation network E that teaches it (see the module doc)."""
+
+    name = "cdarts"
+    paper = "Cyclic Differentiable Architecture Search (Yu et al., IEEE TPAMI 2023)"
+    defaults: dict[str, Any] = {
+        "variant": "full",        # Table 7: s | distill | full
+        "k": 2,                   # inputs kept per node by the discretisation (DARTS space)
+        "s_u": 1.0,               # S_U: epochs between discretisations / E rebuilds
+        "s_e": 1.0,               # S_E: epochs of separate learning of E after each rebuild
+        "warmup_epochs": 0,       # epochs of w_S training with α fixed before the first cycle
+        "lam": 4.0,               # λ of Eq. (8)
+        "temperature": 2.0,       # T of Eq. (9)-(10)
+        "l1_coeff": 5.0,          # λ' at the start (Eq. 11); 0 switches the term off
+        "l1_ratio": 2 / 3,        # share of the post-warm-up epochs over which λ' reaches 0
+        "l1_ops": "skip_connect",  # comma-separated ops whose α Eq. (11) penalises
+        "e_layers": 0,            # E depth (0: the space's evaluation network, 20 / N=5)
+        "e_channels": 0,          # E width (0: 36 for DARTS, 16 for NAS-Bench-201)
+        "e_lr": 0.0,              # E's SGD learning rate (0: the config's w_lr)
+    }
+
+    def __init__(self, cfg: SearchConfig, supernet: Supernet, objective: Objective,
+                 steps_per_epoch: int) -> None:
+        super().__init__(cfg, supernet, objective, steps_per_epoch)
+        o = self.opts
+        self.variant = str(o["variant"])
+        if self.variant not in VARIANTS:
+            raise unknown("cdarts variant", self.variant, VARIANTS)
+        self._check_options(cfg, supernet)
+        spe = self.steps_per_epoch
+        self.update_steps = max(1, round(float(o["s_u"]) * spe))
+        self.separate_steps = max(1, round(float(o["s_e"]) * spe))
+        self.warmup_steps = int(o["warmup_epochs"]) * spe
+        self.l1_ops = [s.strip() for s in str(o["l1_ops"]).split(",") if s.strip()]
+        self.l1_index = [supernet.op_names.index(op) for op in self.l1_ops]
+        self.l1_weight = float(o["l1_coeff"])
+        self.num_classes = int(supernet.classifier.out_features)
+        self.device = next(supernet.parameters()).device
+        self.e_lr = float(o["e_lr"]) or cfg.w_lr
+        # S's embedding modules belong to the w_S side: trained (as probes) in the w_S step
+        self.s_heads: StageHeads | None = None
+        if self.variant != "s":
+            self.s_heads = StageHeads(supernet.stage_channels, self.num_classes).to(self.device)
+            heads = list(self.s_heads.parameters())
+            self.w_params.extend(heads)
+            self.w_opt.add_param_group({"params": heads})
+        self.eval_net: nn.Module | None = None
+        self.eval_heads: StageHeads | None = None
+        self.eval_genotype: Genotype | None = None
+        self.e_opt: torch.optim.SGD | None = None
+        self.input_shape: tuple[int, int] | None = None  # (channels, size) of the images
+
+    def _check_options(self, cfg: SearchConfig, net: Supernet) -> None:
+        o = self.opts
+
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise DiffnasError(f"method 'cdarts': {msg}")
+
+        for key, what in (("s_u", "S_U, epochs between evaluation-network rebuilds"),
+                          ("s_e", "S_E, epochs of separate learning of the evaluation network")):
+            need(float(o[key]) > 0, f"option {key} ({what}) must be positive, got {o[key]}")
+        need(int(o["warmup_epochs"]) >= 0,
+             f"option warmup_epochs must be >= 0, got {o['warmup_epochs']}")
+        need(int(o["warmup_epochs"]) < cfg.epochs,
+             f"option warmup_epochs={o['warmup_epochs']} leaves no search epoch of {cfg.epochs}")
+        need(float(o["lam"]) >= 0, f"option lam (λ of Eq. 8) must be >= 0, got {o['lam']}")
+        need(float(o["temperature"]) > 0,
+             f"option temperature must be positive, got {o['temperature']}")
+        need(float(o["l1_coeff"]) >= 0, f"option l1_coeff must be >= 0, got {o['l1_coeff']}")
+        need(float(o["l1_ratio"]) > 0, f"option l1_ratio must be positive, got {o['l1_ratio']}")
+        for op in str(o["l1_ops"]).split(","):
+            op = op.strip()
+            need(not op or op in net.op_names,
+                 f"option l1_ops names {op!r}, which is not an op of the {net.space} space; "
+                 f"valid: {', '.join(n for n in net.op_names if n != 'none')}")
+        need(float(o["e_lr"]) >= 0, f"option e_lr must be >= 0 (0: w_lr), got {o['e_lr']}")
+        need(int(o["e_layers"]) >= 0 and int(o["e_channels"]) >= 0,
+             f"options e_layers and e_channels must be >= 0 (0: the space's evaluation "
+             f"network), got {o['e_layers']} and {o['e_channels']}")
+        k = int(o["k"])
+        if net.space == "darts":
+            need(k >= 1, f"option k must be positive, got {k}")
+            need(k <= 2, f"option k={k} is larger than the 2 inputs of the first intermediate "
+                 "node of a DARTS cell")
+            need(k == 2, f"option k={k}: DARTS genotypes keep exactly 2 inputs per node, so "
+                 "the evaluation network needs k=2")
+        if self.variant == "s":
+            return
+        need(cfg.order == 1, "the joint step (Eq. 8) is first order; use --order 1 (or "
+             "variant=s for the S-alone ablation)")
+        e_stages = 3
+        if net.space == "darts":
+            e_stages = len(reduction_layers(int(o["e_layers"]) or 20)) + 1
+        s_stages = len(net.stage_channels)
+        need(e_stages == s_stages,
+             f"the evaluation network has {e_stages} stage(s) but the search network has "
+             f"{s_stages}; the per-stage distillation (Eq. 9) needs equal stages: use at least "
+             "3 cells in both (cells 1/3 and 2/3 of the way are reductions)")
+        left = cfg.epochs * self.steps_per_epoch - int(o["warmup_epochs"]) * self.steps_per_epoch
+        sep = max(1, round(float(o["s_e"]) * self.steps_per_epoch))
+        need(left > sep, f"S_E = {sep} separate-learning steps fill all {left} steps after the "
+             "warm-up, so no joint step would run; lower s_e or raise epochs")
+
+    # -- schedule --------------------------------------------------------------------------------
+    def begin_epoch(self, epoch: int) -> None:
+        super().begin_epoch(epoch)
+        o = self.opts
+        self.l1_weight = l1_schedule(epoch, self.cfg.epochs, float(o["l1_coeff"]),
+                                     float(o["l1_ratio"]), int(o["warmup_epochs"]))
+
+    def phase(self, step: int | None = None) -> str:
+        """What step ``step`` (default: the next) does: ``warmup``, ``separate``, ``joint`` or,
+        for the S-alone ablation, ``search``."""
+        g = self.global_step if step is None else step
+        if g < self.warmup_steps:
+            return "warmup"
+        if self.variant == "s":
+            return "search"
+        pos = (g - self.warmup_steps) % (self.separate_steps + self.update_steps)
+        return "separate" if pos < self.separate_steps else "joint"
+
+    def cycle_start(self) -> bool:
+        g = self.global_step - self.warmup_steps
+        return g >= 0 and g % (self.separate_steps + self.update_steps) == 0
+
+    # -- the evaluation network ------------------------------------------------------------------
+    def discretise(self) -> Genotype:
+        """The top-k discretisation of the current α (what E is built from)."""
+        return super().derive()
+
+    def _build_eval(self, genotype: Genotype) -> None:
+        """(Re)build E from ``genotype``, inheriting every shared parameter of the previous E
+        bit for bit (§3.2); the rest is freshly initialised. E's optimiser starts afresh."""
+        assert self.input_shape is not None
+        o = self.opts
+        in_ch, size = self.input_shape
+        try:
+            net = build_network(genotype, channels=int(o["e_channels"]) or None,
+                                layers=int(o["e_layers"]) or None, num_classes=self.num_classes,
+                                in_channels=in_ch, input_size=size, auxiliary=False)
+        except DiffnasError as e:
+            raise DiffnasError(f"CDARTS evaluation network (e_layers={o['e_layers']}, "
+                               f"e_channels={o['e_channels']}, 0 = default): {e}") from None
+        net = net.to(self.device, memory_format=torch.channels_last)
+        if self.eval_net is not None:
+            load_shared(net, self.eval_net)
+        net.train()
+        if self.eval_heads is None:
+            self.eval_heads = StageHeads(net.stage_channels, self.num_classes).to(self.device)
+        self.eval_net, self.eval_genotype = net, genotype
+        c = self.cfg
+        self.e_opt = torch.optim.SGD(self.e_params, lr=self.e_lr, momentum=c.w_momentum,
+                                     weight_decay=c.w_weight_decay)
+
+    @property
+    def e_params(self) -> list[nn.Parameter]:
+        """w_E: E's parameters and its embedding modules."""
+        assert self.eval_net is not None and self.eval_heads is not None
+        return [*self.eval_net.parameters(), *self.eval_heads.parameters()]
+
+    def refresh_eval(self) -> bool:
+        """Discretise α; rebuild E if the genotype changed (or E does not exist). True if
+        rebuilt."""
+        genotype = self.discretise()
+        if self.eval_net is not None and genotype == self.eval_genotype:
+            return False
+        self._build_eval(genotype)
+        return True
+
+    def _eval_forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        assert self.eval_net is not None
+        stages = self.eval_net.forward_stages(x.contiguous(memory_format=torch.channels_last))
+        return stages, self.eval_net.head(stages[-1])
+
+    def _e_update(self, loss: torch.Tensor) -> None:
+        assert self.e_opt is not None
+        params = self.e_params
+        self.e_opt.zero_grad(set_to_none=True)
+        set_grads(params, grads_of(loss, params))
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        self.e_opt.step()
+
+    # -- losses and steps ------------------------------------------------------------------------
+    def l1_penalty(self) -> torch.Tensor:
+        """‖α_op‖₁ over the ``l1_ops`` of every cell kind (Eq. 11, without λ')."""
+        alphas = list(self.net.alphas.values())
+        if not self.l1_index:
+            return alphas[0].new_zeros(())
+        return sum(a[:, self.l1_index].abs().sum() for a in alphas)  # type: ignore[return-value]
+
+    def arch_loss(self, batch: Batch) -> LossOutput:
+        """S-alone ablation: L^S_val + λ'·‖α_skip‖₁ (Eq. 11)."""
+        out = self.objective(self.net, batch)
+        if self.l1_weight == 0:
+            return out
+        reg = self.l1_weight * self.l1_penalty()
+        return LossOutput(out.loss + reg, out.logits, {**out.terms, "l1": reg.detach()})
+
+    def joint_loss(self, val: Batch) -> tuple[LossOutput, torch.Tensor, torch.Tensor]:
+        """Eq. (8) + Eq. (11) on a val batch: ``(out, distill, probe)``; ``out.loss`` is
+        L^S + L^E + λ·L^{S,E} + λ'·‖α_skip‖₁ (L^E only when w_E is trained jointly), ``distill``
+        the live L^{S,E} and ``probe`` E's embedding-module probe loss (0 unless ``full``)."""
+        assert self.s_heads is not None and self.eval_heads is not None
+        joint_e = self.variant == "full"
+        tap = _StageTap(self.net)
+        s_out = self.objective(tap, val)
+        if not tap.stages:  # an objective that never asked for features
+            tap.forward_features(val.x)
+        s_final = s_out.logits if s_out.logits is not None else self.net.head(tap.stages[-1])
+        s_logits = self.s_heads(tap.stages, s_final)
+        zero = s_final.new_zeros(())
+        if joint_e:
+            e_stages, e_final = self._eval_forward(val.x)
+            e_ce = F.cross_entropy(e_final, val.y)
+            e_logits = self.eval_heads(e_stages, e_final)
+            probe = self.eval_heads.probe_loss(e_stages, val.y)
+        else:  # the teacher is a constant in the distillation ablation
+            with torch.no_grad():
+                e_stages, e_final = self._eval_forward(val.x)
+                e_logits = self.eval_heads(e_stages, e_final)
+            e_ce, probe = F.cross_entropy(e_final, val.y), zero
+        distill = distillation_loss(s_logits, e_logits, float(self.opts["temperature"]))
+        reg = self.l1_weight * self.l1_penalty() if self.l1_weight else zero
+        loss = s_out.loss + float(self.opts["lam"]) * distill + reg
+        if joint_e:
+            loss = loss + e_ce
+        terms = {**s_out.terms, "s_loss": s_out.loss.detach(), "e_ce": e_ce.detach(),
+                 "e_acc": torch.tensor(accuracy(e_final, val.y)), "distill": distill.detach(),
+                 "l1": reg.detach()}
+        return LossOutput(loss, s_final, terms), distill, probe
+
+    def arch_step(self, val: Batch, train: Batch) -> LossOutput:
+        """The joint step (Eq. 8): α by Adam and, in ``full``, w_E by E's SGD; w_S is frozen."""
+        if self.variant == "s":
+            return super().arch_step(val, train)
+        self.a_opt.zero_grad(set_to_none=True)
+        with frozen(self.w_params):  # w_S (and the objective's modules) are constants here
+            out, _, probe = self.joint_loss(val)
+            if self.variant == "full":
+                e_params = self.e_params
+                grads = grads_of(out.loss + probe, [*self.a_params, *e_params])
+                n = len(self.a_params)
+                set_grads(self.a_params, grads[:n])
+                assert self.e_opt is not None
+                self.e_opt.zero_grad(set_to_none=True)
+                set_grads(e_params, grads[n:])
+                if self.cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(e_params, self.cfg.grad_clip)
+                self.e_opt.step()
+            else:
+                set_grads(self.a_params, grads_of(out.loss, self.a_params))
+        self.a_opt.step()
+        return out
+
+    def separate_step(self, val: Batch) -> LossOutput:
+        """Separate learning (Eq. 7): E alone on a val batch, L^E_val = CE(E(x), y)."""
+        assert self.eval_heads is not None
+        stages, logits = self._eval_forward(val.x)
+        loss = F.cross_entropy(logits, val.y)
+        self._e_update(loss + self.eval_heads.probe_loss(stages, val.y))
+        return LossOutput(loss, logits, {})
+
+    def weight_step(self, train: Batch) -> LossOutput:
+        """w_S on a train batch by L^S_train (Eq. 6); S's embedding modules learn as probes."""
+        if self.s_heads is None:
+            return super().weight_step(train)
+        self.w_opt.zero_grad(set_to_none=True)
+        with frozen(self.a_params):
+            tap = _StageTap(self.net)
+            out = self.objective(tap, train)
+            if not tap.stages:
+                tap.forward_features(train.x)
+            probe = self.s_heads.probe_loss(tap.stages, train.y)
+            set_grads(self.w_params, grads_of(out.loss + probe, self.w_params))
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.w_params, self.cfg.grad_clip)
+        self.w_opt.step()
+        return out
+
+    def step(self, train: Batch, val: Batch) -> dict[str, float]:
+        """One loop step: warm-up, separate learning or a search iteration (see module doc)."""
+        if self.variant != "s" and self.eval_net is None:  # E exists (and fits) from step 1
+            self.input_shape = (int(val.x.shape[1]), int(min(val.x.shape[-2:])))
+            self._build_eval(self.discretise())
+        phase = self.phase()
+        if phase in ("search", "joint"):
+            return super().step(train, val)
+        if phase == "separate":
+            if self.cycle_start():
+                self.refresh_eval()
+            out = self.separate_step(val)
+            self.global_step += 1
+            assert out.logits is not None
+            return {"e_sep_loss": out.loss.item(), "e_sep_acc": accuracy(out.logits, val.y)}
+        out = self.weight_step(train)  # warm-up: α fixed
+        self.global_step += 1
+        stats = {"loss": out.loss.item(), **{k: float(v) for k, v in out.terms.items()}}
+        if out.logits is not None:
+            stats["acc"] = accuracy(out.logits, train.y)
+        return stats
+
+    # -- results ---------------------------------------------------------------------------------
+    def derive(self) -> Genotype:
+        """The genotype of the current evaluation network (the discretised α before E exists
+        and in the S-alone ablation)."""
+        return self.eval_genotype if self.eval_genotype is not None else self.discretise()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["global_step"] = self.global_step
+        if self.s_heads is not None:
+            state["s_heads"] = self.s_heads.state_dict()
+        if self.eval_net is not None:
+            assert self.eval_heads is not None and self.e_opt is not None
+            assert self.eval_genotype is not None and self.input_shape is not None
+            state.update(input_shape=list(self.input_shape),
+                         eval_genotype=self.eval_genotype.to_dict(),
+                         eval_net=self.eval_net.state_dict(),
+                         eval_heads=self.eval_heads.state_dict(), e_opt=self.e_opt.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.global_step = int(state["global_step"])
+        if self.s_heads is not None:
+            self.s_heads.load_state_dict(state["s_heads"])
+        if "eval_net" in state:
+            in_ch, size = state["input_shape"]
+            self.input_shape = (int(in_ch), int(size))
+            self.eval_net = self.eval_heads = None
+            self._build_eval(genotype_from_dict(state["eval_genotype"]))
+            assert self.eval_net is not None and self.eval_heads is not None
+            assert self.e_opt is not None
+            self.eval_net.load_state_dict(state["eval_net"])
+            self.eval_heads.load_state_dict(state["eval_heads"])
+            self.e_opt.load_state_dict(state["e_opt"])
+
+
+# ------------------------------------------------------------------------------------ presets
+#: Table 1 / the issue: SGD 0.1 (momentum 0.9, decay 3e-4) for w_S and w_E, Adam 3e-4 for α,
+#: batch 64, λ = 4, T = 2, S_E = S_U = 1 epoch.
+_PAPER: dict[str, Any] = dict(
+    method="cdarts", batch_size=64, w_lr=0.1, w_momentum=0.9, w_weight_decay=3e-4,
+    a_lr=3e-4, a_betas=(0.5, 0.99), a_weight_decay=3e-4, crop_padding=4, flip=True)
+_OPTS: dict[str, Any] = {"s_u": 1.0, "s_e": 1.0, "lam": 4.0, "temperature": 2.0,
+                         "l1_coeff": 5.0, "l1_ratio": 2 / 3, "e_lr": 0.1}
+register_preset(
+    "cdarts-cifar10",
+    "CDARTS CIFAR-10 search (Table 1): S 8 cells × 16, E 20 × 36, 30 cycles of S_E = S_U = 1 "
+    "epoch (60 loop epochs), λ=4, T=2, λ' 5→0 over the first 20 cycles, SGD 0.1, batch 64",
+    **{**_PAPER, "space": "darts", "dataset": "cifar10", "epochs": 60, "channels": 16,
+       "layers": 8, "method_args": {**_OPTS, "e_layers": 20, "e_channels": 36}})
+register_preset(
+    "cdarts-nb201",
+    "CDARTS in NAS-Bench-201 on CIFAR-10 (Table 1): S and E the benchmark's N=5 × 16 network, "
+    "50 cycles of S_E = S_U = 1 epoch (100 loop epochs), λ=4, no ℓ1, SGD 0.1, batch 64; "
+    "run seeds 0, 1, 2",
+    **{**_PAPER, "space": "nb201", "dataset": "cifar10", "epochs": 100, "channels": 16,
+       "layers": 5, "method_args": {**_OPTS, "l1_coeff": 0.0, "e_layers": 5, "e_channels": 16}})
+register_preset(
+    "cdarts-imagenet",
+    "CDARTS ImageNet search: 10 warm-up epochs with α fixed, then 40 cycles of S_E = 3 + S_U = 1 "
+    "epochs (170 loop epochs), batch 1024, SGD 0.8 (decay 1e-5), λ' 5→0 over half, E 14 × 48; "
+    "pass --dataset folder:PATH (a class-balanced subset) and --image-size",
+    **{**_PAPER, "space": "darts", "dataset": "folder:", "epochs": 170, "batch_size": 1024,
+       "channels": 16, "layers": 8, "w_lr": 0.8, "w_weight_decay": 1e-5, "crop_padding": 0,
+       "method_args": {**_OPTS, "warmup_epochs": 10, "s_e": 3.0, "l1_ratio": 0.5,
+                       "e_layers": 14, "e_channels": 48, "e_lr": 0.8}})
+register_preset(
+    "cdarts-cpu",
+    "CDARTS on 2 CPU cores: DARTS space on a 6000-image Fashion-MNIST subset, S 5 cells × 8, "
+    "E 8 cells × 16, 4 cycles of S_E = S_U = 1 epoch (8 loop epochs)",
+    **{**_PAPER, "space": "darts", "dataset": "fashion-mnist", "subset": 6000, "epochs": 8,
+       "channels": 8, "layers": 5, "crop_padding": 2,
+       "method_args": {**_OPTS, "e_layers": 8, "e_channels": 16}})

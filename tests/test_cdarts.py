@@ -1,0 +1,279 @@
+"""CDARTS (cyclic search with an evaluation network): weight inheritance of E, the
+introspective distillation (Eq. 9-10), which optimiser moves what (Eq. 6-8), the λ' schedule
+(Eq. 11), Algorithm 1's phases, ablations, bad options, resume and end-to-end searches."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffnas.cli import main
+from diffnas.config import SearchConfig, resolve_config
+from diffnas.engine.search import build_search, search
+from diffnas.errors import DiffnasError
+from diffnas.methods.base import frozen
+from diffnas.methods.cdarts import CDARTS, distillation_loss, l1_schedule
+from diffnas.nets import build_network, load_shared
+from diffnas.objectives import OBJECTIVES
+from diffnas.spaces import NB201Genotype
+
+TIMING = {"epoch_time_s", "elapsed_s", "peak_mem_gib"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP hand-off costs on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small(tiny_cfg, space: str = "darts", **kw: Any):
+    """A 3-cell (DARTS) / N=1 (NB201) search and a 3-cell / N=1 evaluation network on 8×8;
+    ``kw`` holds config fields and method options."""
+    fields = {f.name for f in dataclasses.fields(SearchConfig)}
+    layers = 3 if space == "darts" else 1
+    opts = {"e_layers": layers, "e_channels": 4, "s_e": 0.5, "s_u": 0.5,
+            **{k: v for k, v in kw.items() if k not in fields}}
+    return tiny_cfg(method="cdarts", space=space, layers=layers, method_args=opts,
+                    **{k: v for k, v in kw.items() if k in fields})
+
+
+def build(cfg, steps_per_epoch: int = 4) -> tuple[Any, Any, CDARTS]:
+    net, obj, method = build_search(cfg, 1, 8, 10, steps_per_epoch, torch.device("cpu"))
+    assert isinstance(method, CDARTS)
+    method.begin_epoch(0)
+    return net, obj, method
+
+
+def batch(obj, seed: int, size: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(16, 1, size, size, generator=g)
+    return obj.prepare(x, torch.randint(0, 10, (16,), generator=g), g)
+
+
+def snapshot(params) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in params]
+
+
+def same(a, b) -> bool:
+    return all(torch.equal(x, y.detach()) for x, y in zip(a, b, strict=True))
+
+
+def state_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(state_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(state_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+# ------------------------------------------------------------------ E rebuild and inheritance
+def test_rebuilt_eval_net_keeps_shared_weights_bit_identical_and_inits_the_rest(tiny_cfg):
+    net, obj, m = build(small(tiny_cfg))
+    m.step(batch(obj, 0), batch(obj, 1))           # builds E, one separate-learning step
+    assert m.phase(0) == "separate" and m.eval_net is not None
+    old_gen, old = m.eval_genotype, {k: v.clone() for k, v in m.eval_net.state_dict().items()}
+    assert not m.refresh_eval()                     # same α: E is kept
+    op = "sep_conv_3x3" if old_gen.normal[0] != ("sep_conv_3x3", 0) else "dil_conv_3x3"
+    with torch.no_grad():                           # edge 0→2 of the normal cell takes `op`
+        net.alphas["normal"][0, net.op_names.index(op)] = 10.0
+    assert m.refresh_eval()                         # the genotype changed: E is rebuilt
+    assert m.eval_genotype.normal[0] == (op, 0) and m.eval_genotype.reduce == old_gen.reduce
+    new = m.eval_net.state_dict()
+    shared = [k for k in new if k in old and old[k].shape == new[k].shape]
+    fresh = [k for k in new if k not in shared]
+    assert {"stem.0.weight", "classifier.weight", "cells.0.pre1.conv.weight"} <= set(shared)
+    assert any(k.startswith("cells.") and ".nodes." in k for k in shared)
+    assert fresh, "a changed genotype must bring new edges"
+    for k in shared:                                # inherited bit for bit (trained values)
+        assert torch.equal(new[k], old[k]), k
+    assert not torch.equal(old["stem.1.running_mean"], torch.zeros_like(old["stem.1.running_mean"]))
+    for k in fresh:                                 # the rest is freshly initialised
+        if k.endswith("running_mean"):
+            assert torch.equal(new[k], torch.zeros_like(new[k])), k
+        if k.endswith("running_var"):
+            assert torch.equal(new[k], torch.ones_like(new[k])), k
+    assert m.derive() == m.eval_genotype != old_gen
+
+
+def test_nb201_eval_net_shares_an_edge_only_with_the_same_op():
+    a = NB201Genotype.parse("|nor_conv_3x3~0|+|skip_connect~0|nor_conv_3x3~1|"
+                            "+|avg_pool_3x3~0|nor_conv_1x1~1|nor_conv_3x3~2|")
+    b = NB201Genotype.parse("|nor_conv_1x1~0|+|skip_connect~0|nor_conv_3x3~1|"
+                            "+|avg_pool_3x3~0|nor_conv_1x1~1|nor_conv_3x3~2|")
+    na = build_network(a, channels=4, layers=1, in_channels=1, input_size=8)
+    nb = build_network(b, channels=4, layers=1, in_channels=1, input_size=8)
+    copied = load_shared(nb, na)
+    assert any("1~2_nor_conv_3x3" in k for k in copied)
+    assert not any("0~1" in k for k in copied)      # 0→1 changed op: not even its BN is shared
+
+
+# --------------------------------------------------------------------- distillation (Eq. 9-10)
+def test_distillation_is_zero_for_equal_logits_and_matches_the_formula():
+    g = torch.Generator().manual_seed(0)
+    s = [torch.randn(5, 10, generator=g) for _ in range(3)]
+    e = [torch.randn(5, 10, generator=g) for _ in range(3)]
+    assert distillation_loss(s, [x.clone() for x in s], 2.0).item() == 0.0
+    want = 0.0
+    for si, ei in zip(s, e, strict=True):
+        p, q = F.softmax(ei / 2, 1), F.softmax(si / 2, 1)
+        want += 4.0 * float((p * (p.log() - q.log())).sum(1).mean())
+    assert math.isclose(distillation_loss(s, e, 2.0).item(), want, rel_tol=1e-5)
+
+
+def test_joint_step_distillation_gradient_reaches_alpha_and_w_e_only(tiny_cfg):
+    net, obj, m = build(small(tiny_cfg))
+    m.step(batch(obj, 0), batch(obj, 1))
+    with frozen(m.w_params):
+        out, distill, _ = m.joint_loss(batch(obj, 2))
+        assert distill.item() > 0 and all(not p.requires_grad for p in m.w_params)
+        ga = torch.autograd.grad(distill, m.a_params, retain_graph=True)
+        ge = torch.autograd.grad(distill, m.e_params, allow_unused=True)
+    assert any(float(x.abs().sum()) > 0 for x in ga)
+    assert any(x is not None and float(x.abs().sum()) > 0 for x in ge)
+    assert out.terms["distill"] == distill.detach()
+
+
+# ------------------------------------------------------------------------ optimisers (Eq. 6-8)
+@pytest.mark.parametrize("variant", ["full", "distill"])
+def test_joint_step_moves_alpha_and_w_e_and_weight_step_moves_w_s(tiny_cfg, variant):
+    net, obj, m = build(small(tiny_cfg, variant=variant))
+    m.step(batch(obj, 0), batch(obj, 1))            # separate learning: only E moves
+    a0, w0, e0 = snapshot(m.a_params), snapshot(m.w_params), snapshot(m.e_params)
+    m.arch_step(batch(obj, 2), batch(obj, 3))       # the joint step (Eq. 8)
+    assert not same(a0, m.a_params)
+    assert same(w0, m.w_params) and all(p.grad is None for p in m.w_params)
+    assert same(e0, m.e_params) == (variant == "distill")
+    a1, e1 = snapshot(m.a_params), snapshot(m.e_params)
+    m.weight_step(batch(obj, 4))                    # Eq. (6): SGD on w_S only
+    assert not same(w0, m.w_params)
+    assert same(a1, m.a_params) and same(e1, m.e_params)
+    heads = list(m.s_heads.parameters())            # the embedding modules learn as probes
+    assert all(id(p) in {id(q) for g in m.w_opt.param_groups for q in g["params"]} for p in heads)
+
+
+def test_phases_follow_algorithm_1(tiny_cfg):
+    # 4 steps per epoch: warm-up 1 epoch, then cycles of S_E = 2 and S_U = 1 steps
+    net, obj, m = build(small(tiny_cfg, "nb201", epochs=3, s_e=0.5, s_u=0.25, warmup_epochs=1))
+    want = ["warmup"] * 4 + ["separate", "separate", "joint"] * 2 + ["separate", "separate"]
+    assert [m.phase(i) for i in range(12)] == want
+    a0 = snapshot(m.a_params)
+    for i in range(6):
+        m.step(batch(obj, 2 * i), batch(obj, 2 * i + 1))
+    assert same(a0, m.a_params)                     # α rests in warm-up and separate learning
+    assert m.eval_net is not None
+    e0 = snapshot(m.e_params)
+    stats = m.step(batch(obj, 20), batch(obj, 21))  # the joint step
+    assert {"loss", "val_loss", "arch_distill", "arch_e_ce"} <= set(stats)
+    assert not same(a0, m.a_params) and not same(e0, m.e_params)
+
+
+def test_s_alone_ablation_has_no_eval_net_and_adds_l1(tiny_cfg):
+    net, obj, m = build(small(tiny_cfg, variant="s"))
+    stats = m.step(batch(obj, 0), batch(obj, 1))
+    assert m.eval_net is None and m.s_heads is None and m.phase() == "search"
+    assert stats["arch_l1"] > 0 and m.derive() == m.discretise()
+
+
+# --------------------------------------------------------------------------- λ' (Eq. 11)
+def test_l1_schedule_decays_to_zero_over_two_thirds():
+    assert [l1_schedule(e, 30, 5.0, 2 / 3) for e in (0, 10, 20, 29)] == \
+        pytest.approx([5.0, 2.5, 0.0, 0.0])
+    assert l1_schedule(12, 20, 5.0, 0.5, warmup=10) == pytest.approx(3.0)
+    net, obj, m = build(resolve_config("cdarts-cifar10", dataset="digits", device="cpu"))
+    got = []
+    for epoch in (0, 20, 40, 59):                   # 60 loop epochs = 30 cycles
+        m.begin_epoch(epoch)
+        got.append(m.l1_weight)
+    assert got == pytest.approx([5.0, 2.5, 0.0, 0.0])
+    net, obj, m = build(resolve_config("cdarts-nb201", dataset="digits", device="cpu"))
+    assert m.l1_weight == 0.0                       # off in NAS-Bench-201
+
+
+# ------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("opts,msg", [
+    ({"k": 3}, "larger than the 2 inputs"),
+    ({"k": 1}, "exactly 2 inputs per node"),
+    ({"s_u": 0}, "s_u .* must be positive"),
+    ({"s_e": -1}, "s_e .* must be positive"),
+    ({"e_layers": 2}, "1 stage.* needs equal stages"),
+    ({"variant": "both"}, "unknown cdarts variant"),
+    ({"l1_ops": "skip"}, "not an op of the darts space"),
+    ({"s_e": 2.0}, "no joint step would run"),
+])
+def test_bad_options_raise_one_clear_error(tiny_cfg, opts, msg):
+    with pytest.raises(DiffnasError, match=msg):
+        build(small(tiny_cfg, **opts))
+
+
+def test_eval_net_that_does_not_fit_the_images_is_a_clear_error(tiny_cfg):
+    net, obj, m = build(small(tiny_cfg))
+    with pytest.raises(DiffnasError, match="evaluation network .* too small"):
+        m.step(batch(obj, 0, size=2), batch(obj, 1, size=2))
+
+
+def test_cli_reports_a_bad_option_in_one_line(capsys, tmp_path):
+    rc = main(["search", "--method", "cdarts", "--dataset", "digits", "--subset", "64",
+               "--channels", "4", "--layers", "3", "--epochs", "2", "--no-progress",
+               "--device", "cpu", "--opt", "s_u=0", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: method 'cdarts': option s_u") and "Trace" not in err
+
+
+# ------------------------------------------------------------------------- end to end, resume
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_search_runs_end_to_end_on_digits(tiny_cfg, tmp_path, space):
+    cfg = small(tiny_cfg, space, subset=64, epochs=2)
+    res = search(cfg, out=tmp_path / space, progress=False)
+    assert len(res.history) == 2
+    assert "train_e_sep_loss" in res.history[0] and "train_arch_distill" in res.history[0]
+    assert res.genotype.to_dict() == json.loads((tmp_path / space / "genotype.json").read_text())
+    state = torch.load(tmp_path / space / "checkpoint.pt", weights_only=True)["method"]
+    assert state["eval_genotype"] == res.genotype.to_dict()  # the result is E's genotype
+
+
+def test_resume_equals_uninterrupted(tiny_cfg, tmp_path, monkeypatch):
+    # 2 steps per epoch, cycles of 1 separate + 2 joint steps: the cut falls mid-cycle
+    cfg = small(tiny_cfg, "nb201", subset=64, epochs=3, s_e=0.5, s_u=1.0)
+    straight = search(cfg, out=tmp_path / "straight", progress=False)
+    original = CDARTS.step
+
+    def interrupted(self, train, val):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, train, val)
+
+    monkeypatch.setattr(CDARTS, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        search(cfg, out=tmp_path / "resumed", progress=False)
+    monkeypatch.undo()
+    resumed = search(cfg, out=tmp_path / "resumed", resume=True, progress=False)
+    assert resumed.genotype == straight.genotype
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    for part in ("model", "objective", "method"):
+        assert state_equal(a[part], b[part]), part
+    for ra, rb in zip(straight.history, resumed.history, strict=True):
+        assert {k: v for k, v in ra.items() if k not in TIMING} == \
+               {k: v for k, v in rb.items() if k not in TIMING}
+
+
+@pytest.mark.skipif("mim" not in OBJECTIVES, reason="the MIM objective has not landed")
+def test_mim_objective_composes_with_the_search_network(tiny_cfg):
+    cfg = small(tiny_cfg, s_e=0.25, objective="mim", objective_args={"patch_size": 4})
+    net, obj, m = build(cfg)
+    m.step(batch(obj, 0), batch(obj, 1))            # separate learning
+    dec = snapshot(obj.parameters())
+    stats = m.step(batch(obj, 2), batch(obj, 3))    # joint + w_S steps
+    assert "mim" in stats and "arch_mim" in stats and stats["arch_distill"] > 0
+    assert not same(dec, list(obj.parameters()))    # the decoder trains with w_S (Eq. 6)
