@@ -153,29 +153,30 @@ class FactorizedReduce(Op):
         super().__init__()
         if c_out % 2:
             raise ValueError(f"FactorizedReduce needs an even number of channels, got {c_out}")
-        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
+        # stride-1 convs applied to the subsampled grids (= stride-2 1×1 convs, see body)
+        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
+        self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def body(self, xr: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         # A stride-2 1×1 conv is a stride-1 one on the even grid. Slicing first is also a
         # workaround: torch 2.13's CPU backward of a stride-2 1×1 conv in channels-last
         # layout corrupts memory when run on one thread.
-        a = _conv1x1(self.conv_1, xr[:, :, ::2, ::2])
+        a = self.conv_1(_grid(xr, 0))
         if min(xr.shape[-2:]) < 2:  # the offset grid is all padding
             return scaled_bn(self.bn, torch.cat([a, torch.zeros_like(a)], dim=1), scale)
-        b = _conv1x1(self.conv_2, xr[:, :, 1::2, 1::2])
+        b = self.conv_2(_grid(xr, 1))
         dh, dw = a.shape[-2] - b.shape[-2], a.shape[-1] - b.shape[-1]
         if dh or dw:
             b = F.pad(b, (0, dw, 0, dh))
         return scaled_bn(self.bn, torch.cat([a, b], dim=1), scale)
 
 
-def _conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv``'s weights applied with stride 1 to an already subsampled input."""
-    fmt = (torch.channels_last if conv.weight.is_contiguous(memory_format=torch.channels_last)
-           and conv.weight.shape[1] > 1 else torch.contiguous_format)
-    return F.conv2d(x.contiguous(memory_format=fmt), conv.weight, conv.bias)
+def _grid(x: torch.Tensor, offset: int) -> torch.Tensor:
+    """Every second row and column from ``offset``, in ``x``'s memory layout."""
+    fmt = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+           and not x.is_contiguous() else torch.contiguous_format)
+    return x[:, :, offset::2, offset::2].contiguous(memory_format=fmt)
 
 
 class Pool(Op):
