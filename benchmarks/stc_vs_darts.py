@@ -11,11 +11,11 @@ hits both alike:
    per repeat builds the same search and stops before the first step (``--child baseline``):
    its peak RSS (interpreter, libraries, model, optimisers) is subtracted to give the memory
    of the iteration itself.
-2. ``target``: an STC iteration at the target depth (20 cells, 36 channels, ``--opt
-   noise=0`` so that it runs exactly its derived genotype every step) vs one SGD training
-   step (forward, backward, clip, step; no auxiliary head, no drop-path) of the fixed
-   network of that same genotype, built by ``diffnas.nets.build_network``
-   (``--child fixed``).
+2. ``target``: an STC iteration at the target depth (20 cells, 36 channels; ``--child stc``:
+   noise 0 and α pinned well apart, so every step runs the same genotype) vs one SGD
+   training step (forward, backward, clip, step; no auxiliary head, no drop-path) of the
+   fixed network of that genotype, built by ``diffnas.nets.build_network`` (``--child
+   fixed``).
 
 Each process runs with ``--threads`` OpenMP/MKL threads (default 1: on a shared machine,
 spinning OpenMP threads make multi-threaded timings erratic). After every process the runner
@@ -52,38 +52,51 @@ def _rss_gib() -> float:
 
 
 def child(kind: str, a: argparse.Namespace) -> dict:
-    """``baseline``: build the search, no step; ``fixed``: time the fixed network's SGD step."""
+    """``baseline``: build the search and stop; ``stc``: time STC iterations on a pinned
+    genotype; ``fixed``: time SGD steps of the fixed network of that genotype."""
     import torch
 
     from diffnas.config import resolve_config
     from diffnas.engine.profile import count_flops
     from diffnas.engine.search import build_search
+    from diffnas.methods.stc import subcell
     from diffnas.nets import build_network
 
     cfg = resolve_config(None, method=a.method, channels=a.channels, layers=a.layers,
                          batch_size=a.batch_size, device="cpu",
-                         method_args={"noise": "0"} if a.method == "stc" and kind == "fixed"
-                         else {})
-    _, objective, method = build_search(cfg, 3, a.input_size, 10, 1, torch.device("cpu"))
+                         method_args={"noise": 0.0} if a.method == "stc" else {})
+    net, objective, method = build_search(cfg, 3, a.input_size, 10, 1, torch.device("cpu"))
     g = torch.Generator().manual_seed(cfg.seed)
-    x = torch.randn(cfg.batch_size, 3, a.input_size, a.input_size, generator=g)
-    y = torch.randint(0, 10, (cfg.batch_size,), generator=g)
-    objective.prepare(x, y, g)
+    batches = [objective.prepare(torch.randn(cfg.batch_size, 3, a.input_size, a.input_size,
+                                             generator=g),
+                                 torch.randint(0, 10, (cfg.batch_size,), generator=g), g)
+               for _ in range(2)]
     if kind == "baseline":
         return {"kind": kind, "peak_rss_gib": _rss_gib()}
-    genotype = method.derive()  # what the noise-free STC iteration runs
-    net = build_network(genotype, channels=cfg.channels, layers=cfg.layers, num_classes=10,
-                        input_size=a.input_size, auxiliary=False)
+    # pin the genotype: α well separated (0.9 on the derived sub-cell, 0.1 elsewhere), so the
+    # few α updates of the timed STC steps cannot change which ops run (noise is 0)
+    genotype = method.derive()
+    with torch.no_grad():
+        for k, t in subcell(net, genotype).target.items():
+            net.alphas[k].copy_(0.1 + 0.8 * t)
+    method.begin_epoch(0)
     net.train()
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
-                          weight_decay=cfg.w_weight_decay)
+    if kind == "stc":
+        def step() -> None:
+            method.step(*batches)
+    else:
+        fixed = build_network(genotype, channels=cfg.channels, layers=cfg.layers,
+                              num_classes=10, input_size=a.input_size, auxiliary=False)
+        fixed.train()
+        opt = torch.optim.SGD(fixed.parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
+                              weight_decay=cfg.w_weight_decay)
+        x, y = batches[0].x, batches[0].y
 
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(fixed(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(fixed.parameters(), cfg.grad_clip)
+            opt.step()
     for _ in range(a.warmup):
         step()
     times = []
@@ -91,9 +104,11 @@ def child(kind: str, a: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    return {"kind": kind, "genotype": str(genotype), "median_s": statistics.median(times),
-            "times_s": times, "peak_rss_gib": _rss_gib(), "flops_per_iter": count_flops(step),
-            "threads": torch.get_num_threads()}
+    flops = count_flops(step)
+    stable = subcell(net, method.derive()).active == subcell(net, genotype).active
+    return {"kind": kind, "genotype": str(genotype), "genotype_stable": stable,
+            "median_s": statistics.median(times), "times_s": times, "peak_rss_gib": _rss_gib(),
+            "flops_per_iter": flops, "threads": torch.get_num_threads()}
 
 
 # --------------------------------------------------------------------------- runner
@@ -169,7 +184,7 @@ def render(data: dict) -> str:
              "every number from its own fresh process, variants alternating; medians over "
              "repeats of each process's median iteration. **The machine was shared** with "
              "other jobs (load average before each run is in the JSON), so times are "
-             "indicative; FLOPs (counted by `diffnas profile`) are exact and load-free.",
+             "indicative; FLOPs (`diffnas.engine.profile.count_flops`) are exact and load-free.",
              "", f"- Machine: {m['cpu']}, {m['nproc']} CPUs; torch {m['torch']}; "
              f"{data['updated']}", ""]
     s = data.get("supernet")
@@ -205,9 +220,12 @@ def render(data: dict) -> str:
             f"({c['layers']} cells, {c['channels']} channels, batch {c['batch_size']} × "
             f"{c['input_size']}²×3, {len(st)} repeats, {c['iters']} timed iterations each, "
             f"{c.get('threads', '?')} thread(s))", "",
-            "STC runs with `--opt noise=0`, i.e. exactly its derived genotype, and the fixed "
-            "network (`diffnas.nets.build_network`, affine BN, no auxiliary head, no "
-            "drop-path) is built from that genotype: "
+            "Both sides run the same genotype: STC with noise 0 and α pinned (0.9 on the "
+            "genotype's ops, 0.1 elsewhere, as late in a search; the genotype was "
+            f"{'unchanged' if all(r.get('genotype_stable') for r in st) else 'NOT unchanged'}"
+            " after the timed steps), the fixed network (`diffnas.nets.build_network`, "
+            "contiguous layout as `diffnas train` uses on CPU, affine BN, no auxiliary head, "
+            "no drop-path) built from it: "
             f"`{fx[0].get('genotype', '?') if fx else '?'}`.", "",
             "| | fixed network, 1 SGD step | STC-NAS iteration | STC / fixed | target |",
             "|---|---|---|---|---|",
@@ -264,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(REPO / "benchmarks/results/stc_vs_darts.json"))
     p.add_argument("--markdown", default=str(REPO / "BENCHMARKS.md"))
     p.add_argument("--note", action="append", default=[], help="a line under the tables")
-    p.add_argument("--child", choices=("baseline", "fixed"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=("baseline", "stc", "fixed"), help=argparse.SUPPRESS)
     p.add_argument("--method", default="stc", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
@@ -294,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         alternate(jobs, a, data["supernet"]["runs"], save)
     if "target" in parts:
         c, n = a.target_channels, a.target_layers
-        jobs = {"stc": profile_cmd("stc", a, c, n, ["--opt", "noise=0"]),
+        jobs = {"stc": child_cmd("stc", "stc", a, c, n),
                 "fixed": child_cmd("fixed", "stc", a, c, n)}
         data["target"] = {"config": {"channels": c, "layers": n, **common}, "runs": {}}
         alternate(jobs, a, data["target"]["runs"], save)
