@@ -81,6 +81,9 @@ def test_only_sampled_ops_run_and_get_gradients(tiny_cfg, space):
     n_ran, sampled_with_grad = 0, 0
     for ei, (kind, e) in enumerate(kinds):
         assert calls.ran(ei) == set(sub.active[kind][e])
+        # one op at most, and it is the sampled one (α_s is one-hot)
+        assert len(sub.active[kind][e]) <= 1
+        assert set(sub.active[kind][e]) <= set(sub.target[kind][e].nonzero().flatten().tolist())
         n_ran += len(sub.active[kind][e])
         for oi, op in enumerate(calls.edges[ei].ops):
             grads = [p.grad for p in op.parameters()]

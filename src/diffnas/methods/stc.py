@@ -38,7 +38,8 @@ No reference code is public; these choices the paper leaves open are ours:
   (ReLU: α / Σα; the sum is clamped at 1e-12 and logs at 1e-30, so an all-zero edge is
   finite and a one-hot α gives exactly 0). It is averaged over the edges of the sampled
   sub-cell (the edges that are not in the sub-cell are not part of α_s), so λ means the
-  same in both spaces.
+  same in both spaces. A step's logged ``val_loss`` is the whole architecture loss (λ·JS
+  included); ``arch_js``, ``noise_range`` and ``js_lambda`` are logged beside it.
 - α starts at ``alpha_init`` = 0.5 (plus the supernet's 1e-3 random tie-breaker): inside
   the box, where ReLU passes gradient. DARTS' α ≈ 0 would put half of them at the ReLU's
   dead zero after the first projection.
