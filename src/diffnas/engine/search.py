@@ -229,8 +229,10 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
                                  "objective": objective.state_dict(),
                                  "method": method.state_dict()})
             run.write_json("genotype.json", genotype.to_dict())
-            line = (f"epoch {epoch + 1}/{cfg.epochs}: train loss {record.get('train_loss', 0):.4f}"
-                    f" acc {record.get('train_acc', 0):.4f} | val loss {eval_loss:.4f} acc "
+            trained = (f"train loss {record['train_loss']:.4f} acc "
+                       f"{record.get('train_acc', 0):.4f} | " if "train_loss" in record
+                       else "")  # an epoch may train other modules only (CDARTS' E)
+            line = (f"epoch {epoch + 1}/{cfg.epochs}: {trained}val loss {eval_loss:.4f} acc "
                     f"{eval_acc:.4f} | skips {genotype.skip_count} | {genotype}")
             run.log(line)
             if progress:
