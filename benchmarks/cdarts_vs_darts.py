@@ -29,14 +29,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, fmt, machine, med, ratio, run_json, write_section
+
 SECTION = "## CDARTS vs DARTS"
 PY = sys.executable
 
@@ -109,23 +108,6 @@ def child_flops(c: dict[str, int], n: int) -> dict:
 
 
 # --------------------------------------------------------------------------- runner
-def run(cmd: list[str], timeout: float) -> dict:
-    load = os.getloadavg()[0]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                           env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode or not lines:
-        return {"error": f"exit {p.returncode}: {p.stderr.strip()[-400:]}"}
-    rec = json.loads(lines[-1])
-    rec.update(loadavg_before=round(load, 2), process_s=round(time.perf_counter() - t0, 1))
-    return rec
-
-
 def profile_cmd(method: str, c: dict[str, int], n: int) -> list[str]:
     cmd = [PY, "-m", "diffnas.cli", "profile", "--method", method, "--space", "darts",
            "--channels", str(c["channels"]), "--layers", str(c["layers"]), "--batch-size",
@@ -141,7 +123,7 @@ def measure(name: str, c: dict[str, int], n: int, repeats: int, timeout: float) 
     runs: dict[str, list] = {"darts": [], "cdarts": []}
     for r in range(repeats):
         for method in ("darts", "cdarts") if r % 2 == 0 else ("cdarts", "darts"):
-            rec = run(profile_cmd(method, c, n), timeout)
+            rec = run_json(profile_cmd(method, c, n), timeout, threads=1)
             if "times_s" in rec and method == "cdarts":
                 rec["separate_s"] = statistics.median(rec["times_s"][:n])
                 rec["joint_s"] = statistics.median(rec["times_s"][n:])
@@ -150,24 +132,11 @@ def measure(name: str, c: dict[str, int], n: int, repeats: int, timeout: float) 
                      f"{rec['median_s']:.2f} s median (load {rec['loadavg_before']})"),
                   file=sys.stderr, flush=True)
             runs[method].append(rec)
-    flops = run([PY, __file__, "--child", name, "--n", str(n)], timeout)
+    flops = run_json([PY, __file__, "--child", name, "--n", str(n)], timeout, threads=1)
     return {"config": {**c, "n": n}, "runs": runs, "child": flops}
 
 
 # --------------------------------------------------------------------------- report
-def med(recs: list[dict], key: str) -> float | None:
-    vals = [r[key] for r in recs if key in r]
-    return statistics.median(vals) if vals else None
-
-
-def _f(x: float | None, nd: int = 2) -> str:
-    return "—" if x is None else f"{x:.{nd}f}"
-
-
-def _r(a: float | None, b: float | None) -> str:
-    return "—" if a is None or not b else f"{a / b:.2f}×"
-
-
 def render(data: dict) -> str:
     m = data["machine"]
     lines = [SECTION, "",
@@ -194,43 +163,20 @@ def render(data: dict) -> str:
             f"{c['e_channels']}, batch {c['batch']} × {c['size']}²×{c['in_ch']} "
             f"({len(d)} repeats, {c['n']} timed steps per phase)", "",
             "| | s / step | GFLOP / step |", "|---|---|---|",
-            f"| DARTS 1st order: iteration | {_f(t_d)} | {_f(g(fd), 2)} |",
-            f"| CDARTS joint + w_S step | {_f(t_j)} | {_f(g(fj), 2)} |",
-            f"| CDARTS separate-learning step (E alone) | {_f(t_s)} | {_f(g(fs), 2)} |",
-            f"| **CDARTS iteration, S_E amortised** | **{_f(t_it)}** | **{_f(g(f_it), 2)}** |",
-            f"| **CDARTS / DARTS** (target ≤ 1.4×) | **{_r(t_it, t_d)}** | "
-            f"**{_r(f_it, fd)}** |",
-            f"| joint + w_S step alone / DARTS | {_r(t_j, t_d)} | {_r(fj, fd)} |",
+            f"| DARTS 1st order: iteration | {fmt(t_d)} | {fmt(g(fd), 2)} |",
+            f"| CDARTS joint + w_S step | {fmt(t_j)} | {fmt(g(fj), 2)} |",
+            f"| CDARTS separate-learning step (E alone) | {fmt(t_s)} | {fmt(g(fs), 2)} |",
+            f"| **CDARTS iteration, S_E amortised** | **{fmt(t_it)}** | **{fmt(g(f_it), 2)}** |",
+            f"| **CDARTS / DARTS** (target ≤ 1.4×) | **{ratio(t_it, t_d)}** | "
+            f"**{ratio(f_it, fd)}** |",
+            f"| joint + w_S step alone / DARTS | {ratio(t_j, t_d)} | {ratio(fj, fd)} |",
             "",
             f"E: `{f.get('e_genotype', '?')}` (the discretised initial α, seed 2), "
-            f"{_f(f.get('e_params') and f['e_params'] / 1e6, 2)} M parameters; a rebuild "
-            f"(build + `load_shared` + new optimiser) {_f(f.get('rebuild_s'), 3)} s, once per "
+            f"{fmt(f.get('e_params') and f['e_params'] / 1e6, 2)} M parameters; a rebuild "
+            f"(build + `load_shared` + new optimiser) {fmt(f.get('rebuild_s'), 3)} s, once per "
             "S_U.", ""]
     lines += data.get("notes", [])
     return "\n".join(lines).rstrip() + "\n"
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) this script's section of ``path``; the rest is left alone."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
-    if start is None:
-        path.write_text(old.rstrip("\n") + "\n\n" + text)
-        return
-    end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")),
-               len(lines))
-    tail = "".join(lines[end:])
-    path.write_text("".join(lines[:start]) + text + ("\n" + tail if tail else ""))
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in
-                Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
-               "?")
-    return {"cpu": cpu, "nproc": os.cpu_count(), "torch": torch.__version__}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     data["notes"] = a.note or data.get("notes", [])
     res_path.parent.mkdir(parents=True, exist_ok=True)
     res_path.write_text(json.dumps(data, indent=1) + "\n")
-    write_section(Path(a.markdown), render(data))
+    write_section(Path(a.markdown), SECTION, render(data))
     print(render(data))
     return 0
 

@@ -29,16 +29,13 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
-import platform
-import re
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, fmt, machine, ratio, run_json, write_section
+
 SECTION = "## DARTS search iteration vs NNI 3.0"
 
 # name -> (config, default timed iters, default warm-up iters)
@@ -59,32 +56,6 @@ CONFIGS: dict[str, dict] = {
 # --------------------------------------------------------------------------- #
 # machine / environment
 # --------------------------------------------------------------------------- #
-def machine_info() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        nproc = int(subprocess.run(["nproc"], capture_output=True, text=True,
-                                   check=True).stdout.strip())
-    except (OSError, ValueError, subprocess.CalledProcessError):
-        nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else (os.cpu_count() or 0)
-    mem_gib = None
-    try:
-        m = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
-        if m:
-            mem_gib = round(int(m.group(1)) / 1024 ** 2, 1)
-    except OSError:
-        pass
-    return {"cpu": model, "nproc": nproc, "mem_gib": mem_gib,
-            "os": f"{platform.system()} {platform.release()}"}
-
-
 def python_version_of(python: Path, code: str) -> str | None:
     try:
         out = subprocess.run([str(python), "-W", "ignore", "-c", code], capture_output=True,
@@ -97,51 +68,6 @@ def python_version_of(python: Path, code: str) -> str | None:
 # --------------------------------------------------------------------------- #
 # running one benchmark process
 # --------------------------------------------------------------------------- #
-def parse_json_line(stdout: str) -> dict | None:
-    """Last stdout line that is a JSON object with a ``median_s`` key."""
-    for line in reversed(stdout.splitlines()):
-        line = line.strip()
-        if not (line.startswith("{") and line.endswith("}")):
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and "median_s" in obj:
-            return obj
-    return None
-
-
-def run_one(cmd: list[str], timeout: float, label: str) -> dict:
-    print(f"[run] {label}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
-    load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    except subprocess.TimeoutExpired as e:
-        return {"error": f"timed out after {timeout:.0f}s", "cmd": shlex.join(cmd),
-                "stderr_tail": (e.stderr or "")[-2000:] if isinstance(e.stderr, str) else "",
-                "wall_s": round(time.perf_counter() - t0, 1), "loadavg_before": load0}
-    except OSError as e:
-        return {"error": f"could not start: {e}", "cmd": shlex.join(cmd)}
-    wall = round(time.perf_counter() - t0, 1)
-    rec = parse_json_line(proc.stdout)
-    if proc.returncode != 0 or rec is None:
-        err = f"exit code {proc.returncode}" if proc.returncode else "no JSON line with median_s"
-        print(f"[run] {label} FAILED ({err}); stderr tail:\n{proc.stderr[-2000:]}",
-              file=sys.stderr, flush=True)
-        return {"error": err, "cmd": shlex.join(cmd), "stderr_tail": proc.stderr[-2000:],
-                "stdout_tail": proc.stdout[-1000:], "wall_s": wall, "loadavg_before": load0}
-    rec = dict(rec)
-    rec.setdefault("cmd", shlex.join(cmd))
-    rec["process_wall_s"] = wall
-    rec["loadavg_before"] = round(load0, 2)
-    ms = rec.get("median_s")
-    print(f"[run] {label}: median {ms} s/iter, peak {rec.get('peak_rss_gib')} GiB "
-          f"(process {wall}s)", file=sys.stderr, flush=True)
-    return rec
-
-
 def config_flags(cfg: dict) -> list[str]:
     return ["--channels", str(cfg["channels"]), "--layers", str(cfg["layers"]),
             "--batch-size", str(cfg["batch_size"]), "--input-size", str(cfg["input_size"]),
@@ -187,20 +113,6 @@ def load_results(path: Path) -> dict:
     return {"runs": []}
 
 
-def _fmt(x, nd=2) -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, float):
-        return f"{x:.{nd}f}"
-    return str(x)
-
-
-def _ratio(a, b) -> str:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
-        return f"{a / b:.2f}×"
-    return "—"
-
-
 def render_section(data: dict) -> str:
     runs = {run_key(r): r for r in data["runs"]}
     m = data.get("machine", {})
@@ -243,7 +155,7 @@ def render_section(data: dict) -> str:
             n_t = n.get("median_s") if n_ok else None
             d_m = d.get("peak_rss_gib") if d_ok else None
             n_m = n.get("peak_rss_gib") if n_ok else None
-            n_t_s = _fmt(n_t)
+            n_t_s = fmt(n_t)
             if n_ok and n.get("supported") is False:
                 n_t_s = "n/a (not in NNI 3.0)"
                 n_m = None
@@ -252,7 +164,7 @@ def render_section(data: dict) -> str:
                 notes.append(f"NNI {name} order {order}: {n.get('error')}")
             elif n is None:
                 n_t_s = "not run"
-            d_t_s = _fmt(d_t) if d_ok else ("failed" if d is not None else "not run")
+            d_t_s = fmt(d_t) if d_ok else ("failed" if d is not None else "not run")
             if d is not None and not d_ok:
                 notes.append(f"diffnas {name} order {order}: {d.get('error')}")
             dates = sorted({r.get("date", "")[:10] for r in (d, n) if r is not None} - {""})
@@ -264,7 +176,7 @@ def render_section(data: dict) -> str:
             lines.append(
                 f"| {name} | {cfg.get('channels', '?')} | {cfg.get('layers', '?')} "
                 f"| {cfg.get('batch_size', '?')} | {shape} | {order} | {d_t_s} | {n_t_s} "
-                f"| {_ratio(n_t, d_t)} | {_fmt(d_m)} | {_fmt(n_m)} | {_ratio(n_m, d_m)} "
+                f"| {ratio(n_t, d_t)} | {fmt(d_m)} | {fmt(n_m)} | {ratio(n_m, d_m)} "
                 f"| {its} | {thr} | {', '.join(dates) or '—'} |")
             for r, who in ((d, "diffnas"), (n, "NNI")):
                 if r is None or "error" in r:
@@ -286,6 +198,20 @@ def render_section(data: dict) -> str:
                  "NNI's supernet stacks the 7 op outputs plus a zeros tensor for `none` per "
                  "edge and uses affine BatchNorm; its per-step time includes Lightning's "
                  "hooks and metric logging, as for any NNI user.")
+    targets = []
+    for name in names:
+        one = runs.get(f"{name}/diffnas/order1", {})
+        two = runs.get(f"{name}/diffnas/order2", {})
+        nni = runs.get(f"{name}/nni-3.0/order1", {})
+        t1, t2, tn = (r.get("median_s") for r in (one, two, nni))
+        if t1 is not None and (t2 is not None or tn is not None):
+            targets.append(f"{name}: NNI/diffnas first order {ratio(tn, t1)} (target ≥ 2×), "
+                           f"second/first order {ratio(t2, t1)} (target ≤ 2.8×), first-order "
+                           f"peak {fmt(one.get('peak_rss_gib'))} GiB")
+    if targets:
+        lines.append("")
+        lines.append("Targets (issue 2; peak ≤ 9 GiB applies to the standard config):")
+        lines.extend(f"- {x}" for x in targets)
     if notes:
         lines.append("")
         lines.append("Notes:")
@@ -294,24 +220,17 @@ def render_section(data: dict) -> str:
     return "\n".join(lines)
 
 
-def update_markdown(md_path: Path, section_text: str) -> None:
-    if md_path.exists():
-        text = md_path.read_text()
+def run_one(cmd: list[str], timeout: float, label: str) -> dict:
+    """One measurement in its own process, logged to stderr."""
+    print(f"[run] {label}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    rec = run_json(cmd, timeout, key="median_s")
+    if "error" in rec:
+        print(f"[run] {label} FAILED ({rec['error']}); stderr tail:\n"
+              f"{rec.get('stderr_tail', '')}", file=sys.stderr, flush=True)
     else:
-        text = "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
-    body = section_text if section_text.endswith("\n") else section_text + "\n"
-    if start is None:
-        if not text.endswith("\n"):
-            text += "\n"
-        text += "\n" + body
-    else:
-        end = next((j for j in range(start + 1, len(lines))
-                    if lines[j].startswith("## ") or lines[j].startswith("# ")), len(lines))
-        tail = "".join(lines[end:])
-        text = "".join(lines[:start]) + body + ("\n" + tail if tail else "")
-    md_path.write_text(text)
+        print(f"[run] {label}: median {rec['median_s']} s/iter, peak {rec.get('peak_rss_gib')} "
+              f"GiB (process {rec['process_s']} s)", file=sys.stderr, flush=True)
+    return rec
 
 
 # --------------------------------------------------------------------------- #
@@ -357,7 +276,7 @@ def main(argv=None) -> int:
 
     results_path = Path(args.results)
     data = load_results(results_path)
-    data["machine"] = machine_info()
+    data["machine"] = machine()
     env = dict(data.get("env", {}))
     main_python = diffnas.parent / "python"
     if not args.skip_diffnas:
@@ -402,8 +321,10 @@ def main(argv=None) -> int:
             results_path.parent.mkdir(parents=True, exist_ok=True)
             results_path.write_text(json.dumps(data, indent=2) + "\n")
             if not args.no_markdown:
-                update_markdown(Path(args.markdown), render_section(data))
+                write_section(Path(args.markdown), SECTION, render_section(data))
 
+    if not args.no_markdown:  # also re-renders when nothing ran (--skip-nni --skip-diffnas)
+        write_section(Path(args.markdown), SECTION, render_section(data))
     print(f"[run] results: {results_path}" +
           ("" if args.no_markdown else f", table: {args.markdown}"), file=sys.stderr)
     return 1 if failures else 0

@@ -30,12 +30,12 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, run_json, write_section
+
 SECTION = "## Semantic-DARTS vs DARTS"
 METHODS = {"darts": ["--method", "darts"],
            "semantic": ["--method", "semantic", "--obj-opt", "patch_size=8",
@@ -100,23 +100,6 @@ def paired_child(a: argparse.Namespace) -> dict:
             "median_ratio": statistics.median(ratios),
             "median_s": {m: statistics.median(t) for m, t in times.items()},
             "threads": torch.get_num_threads()}
-
-
-def run(cmd: list[str], timeout: float, threads: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                           env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s", "cmd": " ".join(cmd)}
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode or not lines:
-        return {"error": f"exit {p.returncode}: {p.stderr.strip()[-400:]}", "cmd": " ".join(cmd)}
-    rec = json.loads(lines[-1])
-    rec.update(loadavg_before=round(load, 2), process_s=round(time.perf_counter() - t0, 1))
-    return rec
 
 
 def profile_cmd(method: str, a: argparse.Namespace) -> list[str]:
@@ -219,22 +202,6 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        new = "".join(lines[:start]) + text + ("\n" if end < len(lines) else "") \
-            + "".join(lines[end:])
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--channels", type=int, default=16)
@@ -268,14 +235,14 @@ def main() -> int:
         text = markdown(json.loads(Path(a.from_json).read_text()))
         print(text)
         if not a.no_markdown:
-            write_section(Path(a.markdown), text)
+            write_section(Path(a.markdown), SECTION, text)
         return 0
     runs, loads = [], []
     for rep in range(a.repeats):
         order = list(METHODS) if rep % 2 == 0 else list(reversed(METHODS))
         for m in order:
-            base = run(baseline_cmd(m, a), a.timeout, a.threads)
-            prof = run(profile_cmd(m, a), a.timeout, a.threads)
+            base = run_json(baseline_cmd(m, a), a.timeout, a.threads)
+            prof = run_json(profile_cmd(m, a), a.timeout, a.threads)
             loads.append(prof.get("loadavg_before", 0.0))
             runs.append({"repeat": rep, "method": m, "profile": prof, "baseline": base})
             msg = prof.get("error") or (f"{prof['median_s']:.2f} s/iter, "
@@ -284,10 +251,11 @@ def main() -> int:
                   flush=True)
     paired = None
     if a.pairs > 0:
-        paired = run([sys.executable, __file__, "--paired-child", "--channels", str(a.channels),
-                      "--layers", str(a.layers), "--batch-size", str(a.batch_size),
-                      "--input-size", str(a.input_size), "--warmup", str(a.warmup),
-                      "--pairs", str(a.pairs)], a.timeout, a.threads)
+        paired = run_json([sys.executable, __file__, "--paired-child",
+                           "--channels", str(a.channels), "--layers", str(a.layers),
+                           "--batch-size", str(a.batch_size), "--input-size", str(a.input_size),
+                           "--warmup", str(a.warmup), "--pairs", str(a.pairs)],
+                          a.timeout, a.threads)
         loads.append(paired.get("loadavg_before", 0.0))
         msg = paired.get("error") or f"median semantic/darts ratio {paired['median_ratio']:.3f}"
         print(f"paired: {msg}", flush=True)
@@ -304,7 +272,7 @@ def main() -> int:
     text = markdown(res)
     print(text)
     if not a.no_markdown:
-        write_section(Path(a.markdown), text)
+        write_section(Path(a.markdown), SECTION, text)
     return 0
 
 

@@ -32,16 +32,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, fmt, machine, med, ratio, run_json, write_section
+
 SECTION = "## STC-NAS vs DARTS"
 PY = sys.executable
 
@@ -112,23 +111,6 @@ def child(kind: str, a: argparse.Namespace) -> dict:
 
 
 # --------------------------------------------------------------------------- runner
-def run(cmd: list[str], timeout: float, threads: int) -> dict:
-    load = os.getloadavg()[0]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                           env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s", "cmd": " ".join(cmd)}
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode or not lines:
-        return {"error": f"exit {p.returncode}: {p.stderr.strip()[-400:]}", "cmd": " ".join(cmd)}
-    rec = json.loads(lines[-1])
-    rec.update(loadavg_before=round(load, 2), process_s=round(time.perf_counter() - t0, 1))
-    return rec
-
-
 def profile_cmd(method: str, a: argparse.Namespace, channels: int, layers: int,
                 extra: list[str]) -> list[str]:
     return [PY, "-m", "diffnas.cli", "profile", "--method", method, "--space", "darts",
@@ -153,7 +135,7 @@ def alternate(jobs: dict[str, list[str]], a: argparse.Namespace, out: dict[str, 
     names = list(jobs)
     for r in range(a.repeats):
         for name in names if r % 2 == 0 else names[::-1]:
-            rec = run(jobs[name], a.timeout, a.threads)
+            rec = run_json(jobs[name], a.timeout, a.threads)
             print(f"[{r + 1}/{a.repeats}] {name}: "
                   + (rec["error"] if "error" in rec else
                      f"{rec.get('median_s', 0):.2f} s, {rec['peak_rss_gib']:.2f} GiB "
@@ -162,20 +144,7 @@ def alternate(jobs: dict[str, list[str]], a: argparse.Namespace, out: dict[str, 
             save()
 
 
-def med(recs: list[dict], key: str) -> float | None:
-    vals = [r[key] for r in recs if key in r]
-    return statistics.median(vals) if vals else None
-
-
 # --------------------------------------------------------------------------- report
-def _f(x: float | None, nd: int = 2) -> str:
-    return "—" if x is None else f"{x:.{nd}f}"
-
-
-def _r(a: float | None, b: float | None) -> str:
-    return "—" if a is None or not b else f"{a / b:.2f}×"
-
-
 def render(data: dict) -> str:
     m = data["machine"]
     lines = [SECTION, "",
@@ -203,12 +172,12 @@ def render(data: dict) -> str:
             f"{c['input_size']}²×3, {len(d)} repeats, {c['iters']} timed iterations each, "
             f"{c.get('threads', '?')} thread(s))", "",
             "| | DARTS (1st order) | STC-NAS | STC / DARTS | target |", "|---|---|---|---|---|",
-            f"| s / iteration | {_f(dt_)} | {_f(tt)} | {_r(tt, dt_)} | ≤ 0.35× |",
-            f"| GFLOP / iteration | {_f(df and df / 1e9, 1)} | {_f(tf and tf / 1e9, 1)} "
-            f"| {_r(tf, df)} | |",
-            f"| peak RSS, GiB (whole process) | {_f(dm)} | {_f(tm)} | {_r(tm, dm)} | |",
-            f"| peak RSS above the built search ({_f(base)} GiB), GiB | {_f(di)} | {_f(ti)} "
-            f"| {_r(ti, di)} | ≤ 0.3× |", ""]
+            f"| s / iteration | {fmt(dt_)} | {fmt(tt)} | {ratio(tt, dt_)} | ≤ 0.35× |",
+            f"| GFLOP / iteration | {fmt(df and df / 1e9, 1)} | {fmt(tf and tf / 1e9, 1)} "
+            f"| {ratio(tf, df)} | |",
+            f"| peak RSS, GiB (whole process) | {fmt(dm)} | {fmt(tm)} | {ratio(tm, dm)} | |",
+            f"| peak RSS above the built search ({fmt(base)} GiB), GiB | {fmt(di)} | {fmt(ti)} "
+            f"| {ratio(ti, di)} | ≤ 0.3× |", ""]
     f = data.get("target")
     if f:
         c = f["config"]
@@ -229,38 +198,13 @@ def render(data: dict) -> str:
             f"`{fx[0].get('genotype', '?') if fx else '?'}`.", "",
             "| | fixed network, 1 SGD step | STC-NAS iteration | STC / fixed | target |",
             "|---|---|---|---|---|",
-            f"| s / iteration | {_f(f_t)} | {_f(s_t)} | {_r(s_t, f_t)} | ≤ 1.5× |",
-            f"| GFLOP / iteration | {_f(f_f and f_f / 1e9, 1)} | {_f(s_f and s_f / 1e9, 1)} "
-            f"| {_r(s_f, f_f)} | |",
-            f"| peak RSS, GiB | {_f(med(fx, 'peak_rss_gib'))} | {_f(med(st, 'peak_rss_gib'))} "
+            f"| s / iteration | {fmt(f_t)} | {fmt(s_t)} | {ratio(s_t, f_t)} | ≤ 1.5× |",
+            f"| GFLOP / iteration | {fmt(f_f and f_f / 1e9, 1)} | {fmt(s_f and s_f / 1e9, 1)} "
+            f"| {ratio(s_f, f_f)} | |",
+            f"| peak RSS, GiB | {fmt(med(fx, 'peak_rss_gib'))} | {fmt(med(st, 'peak_rss_gib'))} "
             "| | |", ""]
     lines += data.get("notes", [])
     return "\n".join(lines).rstrip() + "\n"
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) this script's section of ``path``, leaving the rest alone."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
-    if start is None:
-        path.write_text(old.rstrip("\n") + "\n\n" + text)
-        return
-    end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")),
-               len(lines))
-    tail = "".join(lines[end:])
-    path.write_text("".join(lines[:start]) + text + ("\n" + tail if tail else ""))
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = "?"
-    for ln in Path("/proc/cpuinfo").read_text().splitlines():
-        if ln.startswith("model name"):
-            cpu = ln.split(":", 1)[1].strip()
-            break
-    return {"cpu": cpu, "nproc": os.cpu_count(), "torch": torch.__version__}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         data["updated"] = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
         res_path.parent.mkdir(parents=True, exist_ok=True)
         res_path.write_text(json.dumps(data, indent=1) + "\n")
-        write_section(Path(a.markdown), render(data))
+        write_section(Path(a.markdown), SECTION, render(data))
 
     if "supernet" in parts:
         jobs = {"darts": profile_cmd("darts", a, a.channels, a.layers, []),

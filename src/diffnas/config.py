@@ -14,8 +14,52 @@ from typing import Any
 from .errors import DiffnasError, unknown
 
 
+class ConfigBase:
+    """Shared behaviour of the run configs (:class:`SearchConfig`, ``TrainConfig``): JSON-able
+    dicts, checked construction from a dict, and the fields a resume must match."""
+
+    _label = "config"                        # names the config in errors
+    _run_neutral: frozenset[str] = frozenset()  # fields that do not change a run's result
+    _tuples: tuple[str, ...] = ()            # tuple fields (lists in JSON)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        for k in self._tuples:
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        bad = sorted(set(d) - names)
+        if bad:
+            raise DiffnasError(f"unknown {cls._label} field(s) {', '.join(bad)}; valid: "
+                               f"{', '.join(sorted(names))}")
+        d = {k: tuple(v) if k in cls._tuples else v for k, v in d.items()}
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> Any:
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def fingerprint_diff(self, other: ConfigBase) -> list[str]:
+        """Fields that change the result of a run and differ between the two configs."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if k not in self._run_neutral and a[k] != b[k]]
+
+    @staticmethod
+    def _check(checks: list[tuple[bool, str]]) -> None:
+        for ok, msg in checks:
+            if not ok:
+                raise DiffnasError(msg)
+
+
+def device_ok(device: str) -> tuple[bool, str]:
+    return (device in ("auto", "cpu", "cuda") or device.startswith("cuda:"),
+            f"device must be auto, cpu or cuda[:N], got {device!r}")
+
+
 @dataclass
-class SearchConfig:
+class SearchConfig(ConfigBase):
     """Every knob of one architecture search (defaults: the DARTS paper's CIFAR-10 search)."""
 
     method: str = "darts"
@@ -51,25 +95,8 @@ class SearchConfig:
     objective_args: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["a_betas"] = list(self.a_betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(d) - names)
-        if bad:
-            raise DiffnasError(f"unknown config field(s) {', '.join(bad)}; valid: "
-                               f"{', '.join(sorted(names))}")
-        d = dict(d)
-        if "a_betas" in d:
-            d["a_betas"] = tuple(d["a_betas"])
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> SearchConfig:
-        return SearchConfig.from_dict({**self.to_dict(), **changes})
+    _run_neutral = frozenset({"device", "data_dir"})
+    _tuples = ("a_betas",)
 
     def validate(self) -> None:
         checks = [
@@ -82,12 +109,9 @@ class SearchConfig:
             (self.order in (1, 2), f"order must be 1 or 2, got {self.order}"),
             (self.subset is None or self.subset >= 2,
              f"subset must be at least 2, got {self.subset}"),
-            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-             f"device must be auto, cpu or cuda[:N], got {self.device!r}"),
+            device_ok(self.device),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise DiffnasError(msg)
+        self._check(checks)
         # names, checked before any data is loaded (lazy imports: the registries import this)
         from .methods import METHODS
         from .objectives import OBJECTIVES
@@ -99,12 +123,6 @@ class SearchConfig:
             raise unknown("search space", self.space, SPACES)
         if self.objective is not None and self.objective not in OBJECTIVES:
             raise unknown("objective", self.objective, OBJECTIVES)
-
-    def fingerprint_diff(self, other: SearchConfig) -> list[str]:
-        """Fields that change the result of a run (all but device and data location)."""
-        ignore = {"device", "data_dir"}
-        a, b = self.to_dict(), other.to_dict()
-        return [k for k in a if k not in ignore and a[k] != b[k]]
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,40 @@ class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
+    @classmethod
+    def open(cls, path: str | Path, resume: bool) -> RunFolder:
+        """The folder of a run about to start; refuses to overwrite a checkpoint unless the run
+        resumes it."""
+        run = cls(path)
+        if not resume and run.checkpoint.exists():
+            raise DiffnasError(f"run folder {run.path} already holds a checkpoint; pass --resume "
+                               "to continue it or --out to start a new run")
+        return run
+
+    def begin(self, cfg: RunConfig, resume: bool
+              ) -> tuple[dict[str, Any] | None, int, float, list[dict[str, Any]]]:
+        """Resume from the checkpoint (when ``resume`` and there is one) or start afresh.
+
+        Returns ``(state, first_epoch, elapsed_s, history)``; ``state`` is the checkpoint
+        (``None`` for a fresh run), ``history`` the metrics of the epochs it covers."""
+        if resume and self.checkpoint.exists():
+            state = self.load_checkpoint(cfg)
+            start = int(state["epoch"]) + 1
+            history = self.truncate_metrics(start - 1)
+            self.log(f"resumed at epoch {start} from {self.checkpoint}")
+            return state, start, float(state["elapsed"]), history
+        self.create(cfg)
+        self.metrics.unlink(missing_ok=True)
+        return None, 0, 0.0, []
+
+    def end_epoch(self, cfg: RunConfig, epoch: int, elapsed: float, record: dict[str, Any],
+                  **state: Any) -> None:
+        """Append the epoch's metrics, then write the checkpoint (in this order: a crash in
+        between leaves a metrics line that :meth:`begin` drops on resume)."""
+        self.append_metrics(record)
+        self.save_checkpoint({"epoch": epoch, "elapsed": elapsed,
+                              "config": json.dumps(cfg.to_dict()), **state})
+
     # -- files ---------------------------------------------------------------------------------
     @property
     def checkpoint(self) -> Path:

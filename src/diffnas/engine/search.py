@@ -10,7 +10,6 @@ exactly as the uninterrupted one would have (on CPU).
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import resource
 import time
@@ -132,10 +131,8 @@ def search(cfg: SearchConfig | None = None, *, out: str | Path | None = None, re
     cfg.validate()
     device = resolve_device(cfg.device)
     dataset_name = cfg.dataset.replace("/", "_").replace(":", "-")
-    run = RunFolder(out or Path("runs") / f"{cfg.method}-{cfg.space}-{dataset_name}-seed{cfg.seed}")
-    if not resume and run.checkpoint.exists():
-        raise DiffnasError(f"run folder {run.path} already holds a checkpoint; pass --resume to "
-                           "continue it or --out to start a new run")
+    run = RunFolder.open(out or Path("runs") / f"{cfg.method}-{cfg.space}-{dataset_name}-"
+                         f"seed{cfg.seed}", resume)
 
     data = load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir, image_size=cfg.image_size)
     if cfg.subset is not None and cfg.subset < len(data.labels):
@@ -157,19 +154,12 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
     net, objective, method = build_search(cfg, data.in_channels, data.image_size,
                                           data.num_classes, steps, device, (data.mean, data.std))
 
-    start, elapsed, history = 0, 0.0, []
-    if resume and run.checkpoint.exists():
-        state = run.load_checkpoint(cfg)
+    state, start, elapsed, history = run.begin(cfg, resume)
+    if state is not None:
         net.load_state_dict(state["model"])
         objective.load_state_dict(state["objective"])
         method.load_state_dict(state["method"])
-        start, elapsed = int(state["epoch"]) + 1, float(state["elapsed"])
-        history = run.truncate_metrics(start - 1)
-        run.log(f"resumed at epoch {start} from {run.checkpoint}")
     else:
-        run.create(cfg)
-        if run.metrics.exists():
-            run.metrics.unlink()
         run.log(f"search: {cfg.method} in {cfg.space} on {cfg.dataset} "
                 f"({len(train_idx)} train / {len(val_idx)} val images, "
                 f"{tuple(images.shape[1:])}), {cfg.epochs} epochs × {steps} steps, device {device}")
@@ -223,11 +213,8 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
                 "peak_mem_gib": peak_memory_gib(device),
                 **extra_epoch_metrics(cfg.space, genotype, run),
             }
-            run.append_metrics(record)
-            run.save_checkpoint({"epoch": epoch, "elapsed": elapsed,
-                                 "config": json.dumps(cfg.to_dict()), "model": net.state_dict(),
-                                 "objective": objective.state_dict(),
-                                 "method": method.state_dict()})
+            run.end_epoch(cfg, epoch, elapsed, record, model=net.state_dict(),
+                          objective=objective.state_dict(), method=method.state_dict())
             run.write_json("genotype.json", genotype.to_dict())
             trained = (f"train loss {record['train_loss']:.4f} acc "
                        f"{record.get('train_acc', 0):.4f} | " if "train_loss" in record

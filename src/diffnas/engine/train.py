@@ -27,7 +27,6 @@ Recipes (``TRAIN_PRESETS``), from the papers' reference code:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..config import ConfigBase, device_ok
 from ..data import BatchAugment, BatchStream, load_dataset
 from ..data.imagenet import ImageFolderStream
 from ..errors import DiffnasError, unknown
@@ -55,7 +55,7 @@ NETWORKS = ("auto", "cifar", "imagenet")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase):
     """Every knob of one retraining run (defaults: the DARTS CIFAR-10 recipe)."""
 
     genotype: str = "DARTS_V2"          # registry name, JSON, run folder or genotype text
@@ -92,20 +92,10 @@ class TrainConfig:
     channels_last: bool = True          # channels-last layout (CUDA only, see Trainer)
     workers: int = 8                    # decoding threads for imagenet: folders
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(d) - names)
-        if bad:
-            raise DiffnasError(f"unknown train config field(s) {', '.join(bad)}; valid: "
-                               f"{', '.join(sorted(names))}")
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return TrainConfig.from_dict({**self.to_dict(), **changes})
+    _label = "train config"
+    # what does not change the result: device, data location, threads, labels
+    _run_neutral = frozenset({"device", "data_dir", "workers", "genotype_source",
+                              "eval_batch_size"})
 
     def validate(self) -> None:
         checks = [
@@ -129,18 +119,9 @@ class TrainConfig:
              f"test subset must be >= 1, got {self.test_subset}"),
             (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
             (self.warmup_epochs >= 0, f"warm-up epochs must be >= 0, got {self.warmup_epochs}"),
-            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-             f"device must be auto, cpu or cuda[:N], got {self.device!r}"),
+            device_ok(self.device),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise DiffnasError(msg)
-
-    def fingerprint_diff(self, other: TrainConfig) -> list[str]:
-        """Fields that change the result (all but device, data location, threads, labels)."""
-        ignore = {"device", "data_dir", "workers", "genotype_source", "eval_batch_size"}
-        a, b = self.to_dict(), other.to_dict()
-        return [k for k in a if k not in ignore and a[k] != b[k]]
+        self._check(checks)
 
 
 TRAIN_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -436,10 +417,7 @@ def train(cfg: TrainConfig | None = None, *, out: str | Path | None = None, resu
     cfg.validate()
     cfg = _canonical(cfg)
     device = resolve_device(cfg.device)
-    run = RunFolder(out or default_run_dir(cfg))
-    if not resume and run.checkpoint.exists():
-        raise DiffnasError(f"run folder {run.path} already holds a checkpoint; pass --resume to "
-                           "continue it or --out to start a new run")
+    run = RunFolder.open(out or default_run_dir(cfg), resume)
     data = load_train_data(cfg, device)
     torch.manual_seed(cfg.seed)
     net_args = network_args(cfg, data)
@@ -447,18 +425,11 @@ def train(cfg: TrainConfig | None = None, *, out: str | Path | None = None, resu
     cost = count_cost(net)
     trainer = Trainer(cfg, net, device)
 
-    start, elapsed, history = 0, 0.0, []
-    if resume and run.checkpoint.exists():
-        state = run.load_checkpoint(cfg)
+    state, start, elapsed, history = run.begin(cfg, resume)
+    if state is not None:
         net.load_state_dict(state["model"])
         trainer.load_state_dict(state["trainer"])
-        start, elapsed = int(state["epoch"]) + 1, float(state["elapsed"])
-        history = run.truncate_metrics(start - 1)
-        run.log(f"resumed at epoch {start} from {run.checkpoint}")
     else:
-        run.create(cfg)
-        if run.metrics.exists():
-            run.metrics.unlink()
         run.write_json("genotype.json", parse_genotype(cfg.genotype).to_dict())
         run.write_json("network.json", net_args)
         run.log(f"train: {cfg.genotype_source or cfg.genotype} on {cfg.dataset} "
@@ -500,10 +471,8 @@ def train(cfg: TrainConfig | None = None, *, out: str | Path | None = None, resu
             elapsed += time.perf_counter() - t0
             record.update(epoch_time_s=time.perf_counter() - t0, elapsed_s=elapsed,
                           peak_mem_gib=peak_memory_gib(device))
-            run.append_metrics(record)
-            run.save_checkpoint({"epoch": epoch, "elapsed": elapsed,
-                                 "config": json.dumps(cfg.to_dict()), "model": net.state_dict(),
-                                 "trainer": trainer.state_dict()})
+            run.end_epoch(cfg, epoch, elapsed, record, model=net.state_dict(),
+                          trainer=trainer.state_dict())
             line = (f"epoch {epoch + 1}/{cfg.epochs}: lr {lr:.4g} train loss "
                     f"{record['train_loss']:.4f} acc {record['train_acc']:.4f}"
                     + (f" | test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f}"

@@ -12,11 +12,10 @@ whose op changed shares nothing (not even a BN of the same shape).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DiffnasError
-from ..spaces.nb201 import EDGES, N_NODES, NB201Genotype, ResidualReduction
+from ..spaces.nb201 import EDGES, N_NODES, NB201Genotype, NB201Skeleton
 from ..spaces.ops import nb201_op
 
 
@@ -45,7 +44,7 @@ class NB201Cell(nn.Module):
         return nodes[-1]
 
 
-class NB201Network(nn.Module):
+class NB201Network(NB201Skeleton):
     """NAS-Bench-201's evaluation network (defaults: C=16, N=5 cells per stage, 10 classes)."""
 
     def __init__(self, genotype: NB201Genotype, channels: int = 16, layers: int = 5,
@@ -62,20 +61,9 @@ class NB201Network(nn.Module):
                                "network: its 2 residual reduction blocks halve the feature map "
                                "twice, so the input must be at least 4×4")
         self.genotype = genotype
-        self.channels, self.layers = channels, layers
         self.num_classes, self.in_channels, self.input_size = num_classes, in_channels, input_size
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(channels))
-        blocks: list[nn.Module] = []
-        c = channels
-        for stage in range(3):
-            if stage:
-                blocks.append(ResidualReduction(c, 2 * c, affine=True))
-                c *= 2
-            blocks.extend(NB201Cell(genotype, c) for _ in range(layers))
-        self.blocks = nn.ModuleList(blocks)
-        self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU())
-        self.classifier = nn.Linear(c, num_classes)
+        self._build_skeleton(in_channels, channels, layers, num_classes,
+                             lambda c: NB201Cell(genotype, c), affine=True)
         self.drop_path_prob = 0.0  # NAS-Bench-201 trains without drop-path
         self.auxiliary_head = None
 
@@ -83,24 +71,8 @@ class NB201Network(nn.Module):
         return self.head(self.forward_stages(x)[-1])
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps after each stage (split at the residual reductions; the last one after
-        the final BN-ReLU), as :meth:`DartsNetwork.forward_stages`."""
-        h = self.stem(x)
-        stages: list[torch.Tensor] = []
-        for block in self.blocks:
-            if isinstance(block, ResidualReduction):
-                stages.append(h)
-            h = block(h)
-        stages.append(self.lastact(h))
-        return stages
-
-    @property
-    def stage_channels(self) -> list[int]:
-        """Channels of each :meth:`forward_stages` output (C, 2C, 4C)."""
-        return [self.channels, 2 * self.channels, 4 * self.channels]
-
-    def head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(F.adaptive_avg_pool2d(features, 1).flatten(1))
+        """Feature maps after each stage, as :meth:`DartsNetwork.forward_stages`."""
+        return self._run_stages(x, lambda cell, h: cell(h))
 
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         """Logits and None (the NAS-Bench-201 network has no auxiliary head)."""

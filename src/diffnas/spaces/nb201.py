@@ -11,7 +11,7 @@ global pooling → linear.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -131,7 +131,53 @@ class NB201SearchCell(nn.Module):
         return nodes[-1]
 
 
-class NB201Supernet(Supernet):
+class NB201Skeleton(nn.Module):
+    """The NAS-Bench-201 macro skeleton, shared by the search network and the fixed network
+    (:class:`diffnas.nets.NB201Network`): 3×3 conv stem with C channels, N cells, residual
+    reduction block, N cells (2C), residual reduction, N cells (4C), BN-ReLU, global average
+    pooling, linear (Dong & Yang, ICLR 2020, §2.1 and Fig. 1)."""
+
+    def _build_skeleton(self, in_channels: int, channels: int, layers: int, num_classes: int,
+                        make_cell: Callable[[int], nn.Module], affine: bool) -> None:
+        self.channels, self.layers = channels, layers
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(channels))
+        blocks: list[nn.Module] = []
+        c = channels
+        for stage in range(3):
+            if stage:
+                blocks.append(ResidualReduction(c, 2 * c, affine=affine))
+                c *= 2
+            blocks.extend(make_cell(c) for _ in range(layers))
+        self.blocks = nn.ModuleList(blocks)
+        self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU())
+        self.classifier = nn.Linear(c, num_classes)
+
+    def _run_stages(self, x: torch.Tensor, run_cell: Callable[[nn.Module, torch.Tensor],
+                                                              torch.Tensor]) -> list[torch.Tensor]:
+        """Feature maps after each stage: the stages split at the residual reductions; the
+        last one is taken after the final BN-ReLU."""
+        h = self.stem(x)
+        stages: list[torch.Tensor] = []
+        for block in self.blocks:
+            if isinstance(block, ResidualReduction):
+                stages.append(h)
+                h = block(h)
+            else:
+                h = run_cell(block, h)
+        stages.append(self.lastact(h))
+        return stages
+
+    @property
+    def stage_channels(self) -> list[int]:
+        """Channels of each stage's output (C, 2C, 4C)."""
+        return [self.channels, 2 * self.channels, 4 * self.channels]
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(F.adaptive_avg_pool2d(features, 1).flatten(1))
+
+
+class NB201Supernet(Supernet, NB201Skeleton):
     """The NAS-Bench-201 search network; ``layers`` is N, the cells per stage (5 in the paper)."""
 
     space = "nb201"
@@ -142,27 +188,15 @@ class NB201Supernet(Supernet):
         if channels < 1 or layers < 1:
             raise DiffnasError(f"channels and layers must be positive, got {channels}, {layers}")
         self.op_names = tuple(op_names)
-        self.channels, self.layers = channels, layers
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(channels))
-        blocks: list[nn.Module] = []
-        c = channels
-        for stage in range(3):
-            if stage:
-                blocks.append(ResidualReduction(c, 2 * c))
-                c *= 2
-            blocks.extend(NB201SearchCell(c, self.op_names) for _ in range(layers))
-        self.blocks = nn.ModuleList(blocks)
-        self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU())
-        self.classifier = nn.Linear(c, num_classes)
-        self._feature_channels = c
+        self._build_skeleton(in_channels, channels, layers, num_classes,
+                             lambda c: NB201SearchCell(c, self.op_names), affine=True)
         self.edge_index["cell"] = list(EDGES)
         self._init_alphas(("cell",), len(EDGES))
         self._channels_last()
 
     @property
     def feature_channels(self) -> int:
-        return self._feature_channels
+        return 4 * self.channels
 
     @property
     def feature_stride(self) -> int:
@@ -172,28 +206,9 @@ class NB201Supernet(Supernet):
         return self.forward_stages(x)[-1]
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps after each stage: the stages split at the residual reductions (the
-        last one, after BN-ReLU, is :meth:`forward_features`)."""
         x = x.contiguous(memory_format=torch.channels_last)
         ew = self.edge_weights()["cell"]
-        h = self.stem(x)
-        stages: list[torch.Tensor] = []
-        for block in self.blocks:
-            if isinstance(block, NB201SearchCell):
-                h = block(h, ew)
-            else:
-                stages.append(h)
-                h = block(h)
-        stages.append(self.lastact(h))
-        return stages
-
-    @property
-    def stage_channels(self) -> list[int]:
-        """Channels of each :meth:`forward_stages` output (C, 2C, 4C)."""
-        return [self.channels, 2 * self.channels, 4 * self.channels]
-
-    def head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(F.adaptive_avg_pool2d(features, 1).flatten(1))
+        return self._run_stages(x, lambda cell, h: cell(h, ew))
 
     def genotype(self, weights: dict[str, torch.Tensor]) -> NB201Genotype:
         return derive_cell(weights["cell"], self.op_names)
