@@ -177,7 +177,7 @@ class NB201Skeleton(nn.Module):
         return self.classifier(F.adaptive_avg_pool2d(features, 1).flatten(1))
 
 
-class NB201Supernet(Supernet, NB201Skeleton):
+class NB201Supernet(NB201Skeleton, Supernet):
     """The NAS-Bench-201 search network; ``layers`` is N, the cells per stage (5 in the paper)."""
 
     space = "nb201"
