@@ -14,7 +14,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install -q torch==2.13.0
 fi
 stamp=.venv/.diffnas-installed
-want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+# reinstall when pyproject.toml changes or the venv serves another checkout (editable install)
+want="$(cat pyproject.toml | sha256sum | cut -c1-16) $(pwd -P)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing diffnas and its test tools"
   .venv/bin/pip install -q -e ".[test]"

@@ -6,6 +6,13 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Back to one thread after every test (some, e.g. the CLI's --threads, change it)."""
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture
 def tiny_cfg():
     """A search config that runs in about a second per epoch on digits (8×8)."""
@@ -18,3 +25,25 @@ def tiny_cfg():
         return resolve_config(None, **base)
 
     return make
+
+
+@pytest.fixture
+def interrupted_search(monkeypatch):
+    """``interrupted_search(cfg, out, method_cls)``: a search in ``out`` that a Ctrl-C stops at
+    the first step of epoch ``at`` (default 1), leaving the checkpoint of the epoch before."""
+    from diffnas.engine.search import search
+
+    def run(cfg, out, method_cls, at=1):
+        original = method_cls.step
+
+        def interrupted(self, train, val):
+            if self.epoch == at:
+                raise KeyboardInterrupt
+            return original(self, train, val)
+
+        monkeypatch.setattr(method_cls, "step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            search(cfg, out=out, progress=False)
+        monkeypatch.undo()
+
+    return run

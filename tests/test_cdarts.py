@@ -26,15 +26,6 @@ from diffnas.spaces import NB201Genotype
 TIMING = {"epoch_time_s", "elapsed_s", "peak_mem_gib"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-off costs on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small(tiny_cfg, space: str = "darts", **kw: Any):
     """A 3-cell (DARTS) / N=1 (NB201) search and a 3-cell / N=1 evaluation network on 8×8;
     ``kw`` holds config fields and method options."""
@@ -242,21 +233,11 @@ def test_search_runs_end_to_end_on_digits(tiny_cfg, tmp_path, space):
     assert state["eval_genotype"] == res.genotype.to_dict()  # the result is E's genotype
 
 
-def test_resume_equals_uninterrupted(tiny_cfg, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(tiny_cfg, tmp_path, interrupted_search):
     # 2 steps per epoch, cycles of 1 separate + 2 joint steps: the cut falls mid-cycle
     cfg = small(tiny_cfg, "nb201", subset=64, epochs=3, s_e=0.5, s_u=1.0)
     straight = search(cfg, out=tmp_path / "straight", progress=False)
-    original = CDARTS.step
-
-    def interrupted(self, train, val):
-        if self.epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, train, val)
-
-    monkeypatch.setattr(CDARTS, "step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        search(cfg, out=tmp_path / "resumed", progress=False)
-    monkeypatch.undo()
+    interrupted_search(cfg, tmp_path / "resumed", CDARTS)
     resumed = search(cfg, out=tmp_path / "resumed", resume=True, progress=False)
     assert resumed.genotype == straight.genotype
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)

@@ -24,15 +24,6 @@ TINY = ["--dataset", "digits", "--batch-size", "16", "--channels", "4", "--layer
         "--no-progress", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP hand-off costs (huge on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_search_end_to_end_json_then_resume_of_a_finished_run(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["search", *TINY, "--subset", "96", "--epochs", "1", "--out", str(out), "--json"])

@@ -30,15 +30,6 @@ from diffnas.objectives.mim import (
 from diffnas.spaces import build_supernet, parse_genotype
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on this shared 2-core machine two OpenMP threads per process thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _batch(b: int = 6, c: int = 3, size: int = 16, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(b, c, size, size, generator=g) + 0.5  # no pixel is 0 or 1 by chance

@@ -16,16 +16,6 @@ from diffnas.objectives import build_objective
 from diffnas.objectives.pretext import permutation_set, rgb_to_luma_chroma, shuffle_tiles
 from diffnas.spaces import build_supernet
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on this shared 2-core machine two OpenMP threads per process thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 
 

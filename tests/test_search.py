@@ -25,15 +25,6 @@ from diffnas.spaces import parse_genotype
 TIMING = {"epoch_time_s", "elapsed_s", "peak_mem_gib"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP hand-off costs (huge on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_problem(dtype: torch.dtype = torch.float64, **overrides: Any):
     """An NB201 supernet (2 channels, 1 cell per stage) on random 4×4 images, 3 classes."""
     kw = dict(space="nb201", channels=2, layers=1, batch_size=6, dataset="digits", device="cpu")
@@ -270,21 +261,11 @@ def test_search_end_to_end_writes_the_run_folder(tiny_cfg, tmp_path, space):
     assert (out / "checkpoint.pt").stat().st_mtime_ns == stamp
 
 
-def test_resume_equals_uninterrupted(tiny_cfg, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(tiny_cfg, tmp_path, interrupted_search):
     cfg = tiny_cfg(space="nb201", subset=64, epochs=3)
     straight = search(cfg, out=tmp_path / "straight", progress=False)
 
-    original = DARTS.step
-
-    def interrupted(self, train, val):
-        if self.epoch == 1:  # the first step of the second epoch: a Ctrl-C
-            raise KeyboardInterrupt
-        return original(self, train, val)
-
-    monkeypatch.setattr(DARTS, "step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        search(cfg, out=tmp_path / "resumed", progress=False)
-    monkeypatch.undo()
+    interrupted_search(cfg, tmp_path / "resumed", DARTS)
     assert len(read_metrics(tmp_path / "resumed")) == 1
     assert RunFolder(tmp_path / "resumed").load_checkpoint(cfg)["epoch"] == 0
     # a kill while epoch 1's metrics line was being written leaves half a line behind

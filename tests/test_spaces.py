@@ -16,16 +16,6 @@ from diffnas.spaces.darts import PRIMITIVES, DartsSupernet, derive_cell, reducti
 from diffnas.spaces.nb201 import EDGES, OPS, NB201Supernet
 from diffnas.spaces.ops import darts_op, nb201_op
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP hand-off costs (huge on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------ ops
 FACTORIES = [("darts", darts_op, PRIMITIVES), ("nb201", nb201_op, OPS)]
 

@@ -233,20 +233,10 @@ def test_short_search_end_to_end(tiny_cfg, tmp_path, space):
     assert (tmp_path / space / "genotype.json").exists()
 
 
-def test_resume_continues_exactly(tiny_cfg, tmp_path, monkeypatch):
+def test_resume_continues_exactly(tiny_cfg, tmp_path, interrupted_search):
     cfg = tiny_cfg(method="stc", subset=64, layers=1)
     straight = search(cfg, out=tmp_path / "straight", progress=False)
-    original = STC.step
-
-    def interrupted(self, train, val):
-        if self.epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, train, val)
-
-    monkeypatch.setattr(STC, "step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        search(cfg, out=tmp_path / "resumed", progress=False)
-    monkeypatch.undo()
+    interrupted_search(cfg, tmp_path / "resumed", STC)
     resumed = search(cfg, out=tmp_path / "resumed", resume=True, progress=False)
     assert resumed.genotype == straight.genotype
     assert resumed.history[-1]["alpha"] == straight.history[-1]["alpha"]

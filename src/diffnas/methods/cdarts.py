@@ -516,7 +516,7 @@ register_preset(
                        "e_layers": 14, "e_channels": 48, "e_lr": 0.8}})
 register_preset(
     "cdarts-cpu",
-    "CDARTS on 2 CPU cores, sized like the cpu preset: DARTS space on a 4000-image "
+    "CDARTS on 2 CPU cores: DARTS space on a 4000-image "
     "Fashion-MNIST subset, S 5 cells × 8, E 8 cells × 16, 3 cycles of S_E = S_U = 1 epoch "
     "(6 loop epochs)",
     **{**_PAPER, "space": "darts", "dataset": "fashion-mnist", "subset": 4000, "epochs": 6,

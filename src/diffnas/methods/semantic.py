@@ -57,6 +57,6 @@ register_preset(
 register_preset(
     "semantic-cpu",
     "Semantic-DARTS on 2 CPU cores: the cpu preset (Fashion-MNIST subset, 5 cells × 8 "
-    "channels, 6 epochs) with patch 7 (a 4×4 grid, as patch 8 on 32×32), masking ratio 0.6",
+    "channels, 4 epochs) with patch 7 (a 4×4 grid, as patch 8 on 32×32), masking ratio 0.6",
     **PRESETS["cpu"].values, method="semantic",
     objective_args={"patch_size": 7, "mask_ratio": 0.6})
