@@ -152,7 +152,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  {out['network']}: {out['channels']} channels, {out['layers']} cells, "
           f"{cost.in_channels}×{cost.input_size}² input, {out['num_classes']} classes")
     print(f"  parameters {cost.params_m:.3f} M (auxiliary head excluded; it adds "
-          f"{cost.params_aux / 1e6:.3f} M), multiply-adds {cost.madds_m:.1f} M (one image)")
+          f"{cost.params_aux / 1e6:.3f} M)")
+    print(f"  multiply-adds (one image) {cost.madds_m:.1f} M in convolutions and linear layers; "
+          f"{cost.madds_all_m:.1f} M also counting BN, ReLU, pooling and biases (as ptflops)")
     if "reported" in out:
         print("  published: " + ", ".join(f"{k} {v}" for k, v in out["reported"].items())
               + f" ({entry.source.split(';')[0]})")

@@ -3,8 +3,11 @@
 ``build_network(genotype)`` gives the DARTS CIFAR network (or, with ``imagenet=True``, the
 mobile-setting ImageNet network) for a DARTS genotype and the NAS-Bench-201 network for a
 NAS-Bench-201 one. ``count_cost(net)`` counts parameters (millions, auxiliary head excluded,
-as the DARTS papers do) and multiply-adds (millions, one image, eval mode: the DARTS
-convention — convolutions and linear layers; BN, pooling, ReLU and additions are not counted).
+as the DARTS papers do) and multiply-adds (millions, one image, eval mode) in two conventions:
+``madds`` — convolutions and linear layers only (MobileNet's convention); ``madds_all`` — also
+one operation per element of every BN (two when affine), ReLU, pooling input and bias, as the
+widely used ptflops counter (sovrasov/flops-counter.pytorch) does. The published ImageNet
+figures of PC-DARTS and P-DARTS are of the second kind (see :mod:`diffnas.nets.registry`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..spaces.darts import DartsGenotype
 from ..spaces.nb201 import NB201Genotype
@@ -31,7 +35,7 @@ from .registry import REGISTRY, Published, get, lookup
 
 __all__ = ["REGISTRY", "AuxiliaryHead", "DartsNetwork", "FixedCell", "NB201Cell", "NB201Network",
            "NetCost", "NetworkCIFAR", "NetworkImageNet", "Published", "build_network",
-           "count_cost", "count_madds", "drop_path", "get", "load_shared", "lookup",
+           "count_cost", "count_madds", "count_ops", "drop_path", "get", "load_shared", "lookup",
            "shared_parameters"]
 
 # default (channels, layers) of each skeleton
@@ -64,9 +68,10 @@ class NetCost:
 
     params: int            # parameters without the auxiliary head
     params_aux: int        # parameters of the auxiliary head alone
-    madds: int             # multiply-adds of one forward pass (eval mode, batch 1)
+    madds: int             # multiply-adds of one forward pass (eval mode, batch 1): conv + linear
     input_size: int
     in_channels: int
+    madds_all: int = 0     # madds + BN, ReLU, pooling and bias elements (ptflops' convention)
 
     @property
     def params_m(self) -> float:
@@ -76,34 +81,70 @@ class NetCost:
     def madds_m(self) -> float:
         return self.madds / 1e6
 
+    @property
+    def madds_all_m(self) -> float:
+        return self.madds_all / 1e6
+
     def to_dict(self) -> dict[str, float | int]:
         return {"params": self.params, "params_m": round(self.params_m, 4),
                 "params_aux": self.params_aux, "madds": self.madds,
-                "madds_m": round(self.madds_m, 2), "input_size": self.input_size,
+                "madds_m": round(self.madds_m, 2), "madds_all": self.madds_all,
+                "madds_all_m": round(self.madds_all_m, 2), "input_size": self.input_size,
                 "in_channels": self.in_channels}
 
 
-def count_madds(net: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-adds of ``net(x)``: every convolution (output elements × in/groups × kernel) and
-    linear layer (batch × in × out) that runs, counted with forward hooks on the modules.
+class _ElementOps(TorchDispatchMode):
+    """Counts, below the modules, what ptflops counts besides convolutions and linear layers:
+    an operation per ReLU output element, per BN input element (two when BN is affine) and
+    per pooling input element (global pooling included)."""
 
-    A depthwise convolution that an op computes without calling its module (the DARTS
-    ``DilConv`` evaluates its dilated ``dw`` on polyphase components, see
-    :mod:`diffnas.spaces.ops`) is counted at the op's pointwise ``pw`` convolution, whose input
-    is the depthwise output — so the count is that of the textbook layer, whatever the kernel
-    path. (``torch.utils.flop_counter`` would count the polyphase convolution, zero padding
-    included.)"""
-    total = 0
+    RELU = {"relu", "relu_"}
+    BN = {"_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
+          "native_batch_norm", "cudnn_batch_norm"}
+    POOL = {"max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "adaptive_avg_pool2d",
+            "_adaptive_avg_pool2d", "adaptive_max_pool2d",
+            "mean"}  # global average pooling (adaptive_avg_pool2d to 1×1) dispatches as mean
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name in self.RELU:
+            self.total += out.numel()
+        elif name in self.BN:
+            self.total += args[0].numel() * (2 if args[1] is not None else 1)
+        elif name in self.POOL:
+            self.total += args[0].numel()
+        return out
+
+
+def count_ops(net: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """``(madds, madds_all)`` of ``net(x)`` in one forward pass (see the module docstring).
+
+    ``madds``: every convolution (output elements × in/groups × kernel) and linear layer
+    (batch × in × out) that runs, counted with forward hooks on the modules. A depthwise
+    convolution that an op computes without calling its module (the DARTS ``DilConv``
+    evaluates its dilated ``dw`` on polyphase components, see :mod:`diffnas.spaces.ops`) is
+    counted at the op's pointwise ``pw`` convolution, whose input is the depthwise output — so
+    the count is that of the textbook layer, whatever the kernel path.
+    (``torch.utils.flop_counter`` would count the polyphase convolution, zero padding included.)
+    ``madds_all``: ``madds`` plus biases (one per output element) and :class:`_ElementOps`."""
+    total, biases = 0, 0
 
     def conv_hook(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
+        nonlocal total, biases
         total += out.numel() * (m.weight[0].numel() if isinstance(m, nn.modules.conv._ConvNd)
                                 else m.in_features)
+        biases += out.numel() if m.bias is not None else 0
 
     def depthwise_at_pw(dw: nn.Conv2d):  # noqa: ANN202 - hook factory
         def pre_hook(m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            nonlocal total
+            nonlocal total, biases
             total += inputs[0].numel() * dw.weight[0].numel()
+            biases += inputs[0].numel() if dw.bias is not None else 0
         return pre_hook
 
     handles = []
@@ -116,13 +157,19 @@ def count_madds(net: nn.Module, x: torch.Tensor) -> int:
     for m in net.modules():
         if isinstance(m, nn.modules.conv._ConvNd | nn.Linear) and id(m) not in via_pw:
             handles.append(m.register_forward_hook(conv_hook))
+    elements = _ElementOps()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), elements:
             net(x)
     finally:
         for h in handles:
             h.remove()
-    return total
+    return total, total + biases + elements.total
+
+
+def count_madds(net: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-adds of ``net(x)``, convolutions and linear layers only (see :func:`count_ops`)."""
+    return count_ops(net, x)[0]
 
 
 def count_cost(net: nn.Module, input_size: int | None = None,
@@ -139,8 +186,8 @@ def count_cost(net: nn.Module, input_size: int | None = None,
     was_training = net.training
     net.eval()
     try:
-        madds = count_madds(net, x)
+        madds, madds_all = count_ops(net, x)
     finally:
         net.train(was_training)
     return NetCost(params=n_all - n_aux, params_aux=n_aux, madds=madds, input_size=size,
-                   in_channels=chans)
+                   in_channels=chans, madds_all=madds_all)

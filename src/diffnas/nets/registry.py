@@ -5,11 +5,15 @@ recorded in ``source``); the published parameter counts (millions, auxiliary hea
 and multiply-adds (millions, one 224×224 image) are what the papers' tables print, and the
 tests check that :func:`diffnas.nets.cost` reproduces them.
 
-Multiply-adds: counting every convolution and linear layer (the convention of
-:func:`diffnas.nets.count_cost`) reproduces no paper's ImageNet figure to 1 %: DARTS_V2
-counts 530 M against the 574 M printed (DARTS never published its counter, and others measure
-523–545 M with common tools: quark0/darts issue #46), PC_DARTS_IMAGENET 582 M against 597 M and
-PDARTS 543 M against 557 M. The published parameter counts are all reproduced to ±0.05 M.
+Multiply-adds: counting only convolutions and linear layers (``NetCost.madds``) gives
+530 M for DARTS_V2, 582 M for PC_DARTS_IMAGENET and 543 M for PDARTS, 2.5–7.7 % below the
+printed figures. Counting also one operation per BN (two when affine), ReLU, pooling and bias
+element, as the ptflops counter (sovrasov/flops-counter.pytorch) does (``NetCost.madds_all``),
+gives 597.2 M for PC_DARTS_IMAGENET (597 printed) and 557.4 M for PDARTS (557 printed): within
+0.1 %. For DARTS_V2 it gives 544.59 M — the figure a user measured with ptflops in
+quark0/darts issue #46, where another measured 523 M counting conv + fc — against the 574 M
+DARTS printed; DARTS never published its counter, and no convention we know reproduces it.
+The published parameter counts are all reproduced to ±0.05 M.
 
 Names are matched case-insensitively, with ``-`` and ``_`` interchangeable
 (``pc-darts`` = ``PC_DARTS``).
