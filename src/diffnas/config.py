@@ -180,7 +180,7 @@ register_preset(
     crop_padding=4, flip=True)
 register_preset(
     "cpu",
-    "The main job on 2 CPU cores (about 5 minutes): DARTS space on a 2000-image "
+    "The main job on 2 CPU cores (about 6 minutes): DARTS space on a 2000-image "
     "Fashion-MNIST subset (1000 for w, 1000 for α), 5 cells × 8 channels, 4 epochs",
     dataset="fashion-mnist", subset=2000, epochs=4, batch_size=64, channels=8, layers=5,
     crop_padding=2, flip=True)
