@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, fmt, machine, med, ratio, run_json, write_section
+from common import REPO, fmt, load_range, machine, med, ratio, run_json, write_section
 
 SECTION = "## CDARTS vs DARTS"
 PY = sys.executable
@@ -137,12 +137,6 @@ def measure(name: str, c: dict[str, int], n: int, repeats: int, timeout: float) 
 
 
 # --------------------------------------------------------------------------- report
-def load_range(data: dict) -> str:
-    loads = [r["loadavg_before"] for res in data["configs"].values()
-             for runs in res["runs"].values() for r in runs if "loadavg_before" in r]
-    return f"{min(loads):.2f}–{max(loads):.2f}" if loads else "?"
-
-
 def render(data: dict) -> str:
     m = data["machine"]
     lines = [SECTION, "",
@@ -150,7 +144,7 @@ def render(data: dict) -> str:
              "`benchmarks/results/cdarts_vs_darts.json`). CPU, one thread, synthetic batches; "
              "every timing from its own fresh `diffnas profile --json` process, DARTS and "
              "CDARTS alternating; medians over repeats; load average before the runs "
-             f"{load_range(data)} (per run in the JSON); FLOPs are exact and load-free. "
+             f"{load_range(data['configs'])} (per run in the JSON); FLOPs are exact and load-free. "
              "A CDARTS iteration = joint step (α + w_E, Eq. 8) "
              "+ w_S step (Eq. 6) + (S_E/S_U = 1) × one separate-learning step of E (Eq. 7); "
              "E's rebuild (once per S_U = 1 epoch) is listed apart.", "",

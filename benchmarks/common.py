@@ -80,6 +80,25 @@ def machine() -> dict:
             "os": f"{platform.system()} {platform.release()}", "torch": torch_version}
 
 
+def load_range(data: object) -> str:
+    """``"min–max"`` of every ``loadavg_before`` found anywhere in ``data`` (the load average
+    before each measured process), for a report's header."""
+    loads: list[float] = []
+
+    def walk(x: object) -> None:
+        if isinstance(x, dict):
+            if isinstance(x.get("loadavg_before"), (int, float)):
+                loads.append(x["loadavg_before"])
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(data)
+    return f"{min(loads):.2f}–{max(loads):.2f}" if loads else "?"
+
+
 def med(recs: list[dict], key: str) -> float | None:
     """Median of ``key`` over the records that have it (``None`` when none do)."""
     vals = [r[key] for r in recs if r.get(key) is not None]
