@@ -47,3 +47,37 @@ def interrupted_search(monkeypatch):
         monkeypatch.undo()
 
     return run
+
+
+def _state_equal(a, b) -> bool:
+    """Exact equality of nested checkpoint states (dicts, lists, tensors, numbers)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(
+            _state_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_state_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+@pytest.fixture
+def assert_same_run():
+    """``assert_same_run(dir_a, dir_b)``: the two search run folders hold bit-identical
+    checkpoints (model, objective, method) and the same per-epoch metrics, timings aside.
+    Returns both checkpoints and the metrics of ``dir_a``."""
+    from diffnas.engine.runfolder import RunFolder
+
+    timing = {"epoch_time_s", "elapsed_s", "peak_mem_gib"}  # they measure the machine
+
+    def check(dir_a, dir_b):
+        a, b = RunFolder(dir_a), RunFolder(dir_b)
+        ca, cb = (torch.load(r.checkpoint, weights_only=True) for r in (a, b))
+        for part in ("model", "objective", "method"):
+            assert _state_equal(ca[part], cb[part]), part
+        ma, mb = a.read_metrics(), b.read_metrics()
+        assert [{k: v for k, v in r.items() if k not in timing} for r in ma] == \
+               [{k: v for k, v in r.items() if k not in timing} for r in mb]
+        return ca, cb, ma
+
+    return check
