@@ -7,15 +7,16 @@ from pathlib import Path
 
 from ..errors import DiffnasError, unknown
 from .base import EdgePolicy, EdgeWeights, MixedEdge, Supernet
-from .darts import DartsGenotype, DartsSupernet
+from .darts import DartsGenotype, DartsImageNetSupernet, DartsSupernet
 from .nb201 import NB201Genotype, NB201Supernet
 
-SPACES = {"darts": DartsSupernet, "nb201": NB201Supernet}
+SPACES = {"darts": DartsSupernet, "darts-imagenet": DartsImageNetSupernet,
+          "nb201": NB201Supernet}
 Genotype = DartsGenotype | NB201Genotype
 
-__all__ = ["SPACES", "DartsGenotype", "DartsSupernet", "EdgePolicy", "EdgeWeights", "Genotype",
-           "MixedEdge", "NB201Genotype", "NB201Supernet", "Supernet", "build_supernet",
-           "genotype_from_dict", "parse_genotype"]
+__all__ = ["SPACES", "DartsGenotype", "DartsImageNetSupernet", "DartsSupernet", "EdgePolicy",
+           "EdgeWeights", "Genotype", "MixedEdge", "NB201Genotype", "NB201Supernet", "Supernet",
+           "build_supernet", "genotype_from_dict", "parse_genotype"]
 
 
 def build_supernet(space: str, channels: int, layers: int, num_classes: int,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -283,12 +284,17 @@ class DartsSupernet(Supernet):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_stages(x)[-1]
 
+    def stem_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s0, s1)``: the two inputs of the first cell (here both the stem's output)."""
+        s = self.stem(x)
+        return s, s
+
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps after each stage: the stages split at the reduction cells (stage ``k``
         ends just before reduction cell ``k``; the last one is :meth:`forward_features`)."""
         x = x.contiguous(memory_format=torch.channels_last)
         ew = self.edge_weights()
-        s0 = s1 = self.stem(x)
+        s0, s1 = self.stem_forward(x)
         stages: list[torch.Tensor] = []
         for cell in self.cells:
             if cell.reduction:
@@ -317,3 +323,42 @@ class DartsSupernet(Supernet):
                              normal_concat=concat,
                              reduce=derive_cell(weights["reduce"], self.op_names),
                              reduce_concat=concat)
+
+
+class DartsImageNetSupernet(DartsSupernet):
+    """The DARTS search network with the ImageNet (mobile-setting) stem of
+    :class:`diffnas.nets.NetworkImageNet` (DARTS §A.2; CDARTS' ImageNet search, Cream
+    ``imagenet_stem`` with ``--stem_multiplier 1``): ``stem0`` = two stride-2 3×3 convs to
+    ``C/2`` then ``C`` channels, ``stem1`` = a third, 224→28; the first cell takes both (its
+    ``s0`` through a factorized reduction). Any number of cells, reductions at 1/3 and 2/3."""
+
+    space = "darts-imagenet"
+
+    def __init__(self, channels: int = 16, layers: int = 8, num_classes: int = 1000,
+                 in_channels: int = 3, op_names: Sequence[str] = PRIMITIVES,
+                 **kwargs: Any) -> None:
+        if channels < 2 or channels % 2:
+            raise DiffnasError(f"the ImageNet stem halves the channels and the first cell "
+                               f"factorizes them in two: channels must be even and at least 2, "
+                               f"got {channels}")
+        super().__init__(channels, layers, num_classes, in_channels, op_names, stem_multiplier=1,
+                         **kwargs)
+        del self.stem
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(in_channels, channels // 2, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(channels // 2), nn.ReLU(),
+            nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(channels))
+        self.stem1 = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(channels))
+        self.cells[0].pre0 = FactorizedReduce(channels, channels, affine=False)  # s0 at 56×56
+        self._channels_last()
+
+    @property
+    def feature_stride(self) -> int:
+        return 8 * super().feature_stride
+
+    def stem_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s0 = self.stem0(x)
+        return s0, self.stem1(s0)
