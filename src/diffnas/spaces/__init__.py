@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from ..errors import DiffnasError, unknown
 from .base import EdgePolicy, EdgeWeights, MixedEdge, Supernet
@@ -20,11 +21,14 @@ __all__ = ["SPACES", "DartsGenotype", "DartsImageNetSupernet", "DartsSupernet", 
 
 
 def build_supernet(space: str, channels: int, layers: int, num_classes: int,
-                   in_channels: int) -> Supernet:
+                   in_channels: int, **options: Any) -> Supernet:
+    """The search supernet of ``space``; ``options`` are construction options every space takes
+    (``partial_channels``, ``edge_norm``: see :mod:`diffnas.spaces.base`), usually a method's
+    :meth:`~diffnas.methods.base.SearchMethod.supernet_options`."""
     if space not in SPACES:
         raise unknown("search space", space, SPACES)
     return SPACES[space](channels=channels, layers=layers, num_classes=num_classes,
-                         in_channels=in_channels)
+                         in_channels=in_channels, **options)
 
 
 def genotype_from_dict(d: dict) -> Genotype:

@@ -8,10 +8,17 @@ for an :class:`EdgeWeights` per cell kind: a weight per (edge, op) and, per
 edge, which ops to run at all. DARTS runs every op but ``none``; single-path
 methods (GDAS, STC-NAS) run one op; an edge with no active op contributes
 nothing. The supernet never knows which method drives it.
+
+Two construction options of every supernet come from PC-DARTS (Xu et al., "PC-DARTS:
+Partial Channel Connections for Memory-Efficient Architecture Search", ICLR 2020) and
+combine with any method: ``partial_channels=K`` (ops see the first C/K channels of an
+edge's input, the rest bypass them, Eq. 2) and ``edge_norm`` (edge weights β, softmaxed per
+node over its incoming edges, Eq. 3, and used in derivation, §3.3).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,14 +26,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import DiffnasError
+
 
 @dataclass
 class EdgeWeights:
     """Per cell kind: ``weights[e, o]`` multiplies op ``o`` on edge ``e``; ``active[e]`` lists
-    the op indices edge ``e`` computes (ops not listed are skipped entirely)."""
+    the op indices edge ``e`` computes (ops not listed are skipped entirely). ``edge_scale[e]``
+    (edge normalisation only; set by the supernet, which has already multiplied it into
+    ``weights``) scales the channels of edge ``e`` that bypass its ops."""
 
     weights: torch.Tensor
     active: Sequence[Sequence[int]]
+    edge_scale: torch.Tensor | None = None
+
+    def bypass_scale(self, e: int) -> torch.Tensor | None:
+        return None if self.edge_scale is None else self.edge_scale[e]
 
 
 class EdgePolicy:
@@ -50,16 +65,27 @@ class MixedEdge(nn.Module):
     (always ``none``) are skipped; the ReLU every convolution starts with is
     computed once per edge; ``w_o`` is folded into the op's final BN; outputs
     are accumulated in place (see :mod:`diffnas.spaces.ops`).
+
+    With ``partial_channels = K > 1`` (PC-DARTS Eq. 2) the ops are built for C/K channels
+    and see only the first C/K channels of ``x``; the other channels bypass them (through a
+    2×2 max-pool on a stride-2 edge), and the two parts are concatenated and channel-shuffled
+    with K groups (:func:`shuffle_cat`), so the next edge sees a different share of channels.
     """
 
     def __init__(self, op_names: Sequence[str], factory: Callable[..., nn.Module], c: int,
-                 stride: int, affine: bool) -> None:
+                 stride: int, affine: bool, partial_channels: int = 1) -> None:
         super().__init__()
+        k = partial_channels
+        if k < 1 or c % k:
+            raise DiffnasError(f"partial_channels={k} must be a positive divisor of every "
+                               f"edge's channel count; an edge here has {c} channels")
         self.op_names = tuple(op_names)
-        self.ops = nn.ModuleList(factory(name, c, stride, affine) for name in self.op_names)
+        self.partial_channels, self.stride = k, stride
+        self.ops = nn.ModuleList(factory(name, c // k, stride, affine) for name in self.op_names)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor,
-                active: Sequence[int]) -> torch.Tensor | None:
+    def mix(self, x: torch.Tensor, weights: torch.Tensor,
+            active: Sequence[int]) -> torch.Tensor | None:
+        """``Σ_{o ∈ active} w_o · op_o(x)`` over the ops' channels (None if none is active)."""
         out = None
         xr = None
         for i in active:
@@ -73,6 +99,49 @@ class MixedEdge(nn.Module):
             y = op.body(inp, weights[i]) if op.scalable else weights[i] * op.body(inp)
             out = y if out is None else out.add_(y)
         return out
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, active: Sequence[int],
+                bypass_scale: torch.Tensor | None = None) -> torch.Tensor | None:
+        k = self.partial_channels
+        if k == 1:
+            return self.mix(x, weights, active)
+        c = x.shape[1] // k
+        # a dense channels-last copy of the ops' share (a channel slice of a channels-last
+        # tensor is strided, and the ops' kernels would each copy it again)
+        out = self.mix(x[:, :c].contiguous(memory_format=torch.channels_last), weights, active)
+        rest = x[:, c:]
+        if self.stride > 1:  # PC-DARTS' 2×2 max-pool; ceil_mode: the ops' ⌈H/2⌉ on odd sizes
+            rest = F.max_pool2d(rest, 2, 2, ceil_mode=True)
+        if bypass_scale is not None:
+            rest = rest * bypass_scale
+        if out is None:  # no op active: the op channels are zeros, the bypass still passes
+            out = rest.new_zeros(rest.shape[0], c, *rest.shape[-2:])
+        return shuffle_cat(out, rest, k)
+
+
+def shuffle_cat(head: torch.Tensor, rest: torch.Tensor, groups: int) -> torch.Tensor:
+    """PC-DARTS' ``channel_shuffle(cat([head, rest]), groups)`` in one copy, channels-last.
+
+    With ``c = head``'s channels and ``rest`` holding ``(groups - 1) · c``, output channel
+    ``i · groups + g`` is channel ``g · c + i`` of the concatenation: the ops' outputs land on
+    every ``groups``-th channel, and each later group of the bypass fills the slots between."""
+    c = head.shape[1]
+    tail = rest.permute(0, 2, 3, 1).unflatten(-1, (groups - 1, c)).transpose(-1, -2)
+    y = torch.cat([head.permute(0, 2, 3, 1).unsqueeze(-1), tail], dim=-1)  # [B, H, W, c, g]
+    return y.flatten(-2).permute(0, 3, 1, 2)
+
+
+def node_softmax(beta: torch.Tensor, edges: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Softmax of the edge parameters ``beta[e]`` over the edges entering the same node
+    (PC-DARTS Eq. 3): per node, the returned weights of its incoming edges sum to 1."""
+    groups: dict[int, list[int]] = {}
+    for e, (_, dst) in enumerate(edges):
+        groups.setdefault(dst, []).append(e)
+    order = [e for g in groups.values() for e in g]
+    parts = torch.cat([F.softmax(beta[g], dim=0) for g in groups.values()])
+    if order == list(range(len(edges))):
+        return parts
+    return parts[torch.tensor(order).argsort()]
 
 
 def sum_inputs(parts: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
@@ -95,9 +164,14 @@ class Supernet(nn.Module):
     op_names: tuple[str, ...]
     space: str
 
-    def __init__(self) -> None:
+    def __init__(self, partial_channels: int = 1, edge_norm: bool = False) -> None:
         super().__init__()
+        if not isinstance(partial_channels, int) or partial_channels < 1:
+            raise DiffnasError(f"partial_channels must be a positive integer (1 = off), got "
+                               f"{partial_channels!r}")
+        self.partial_channels, self.edge_norm = partial_channels, bool(edge_norm)
         self.alphas = nn.ParameterDict()
+        self.betas = nn.ParameterDict()  # edge normalisation (PC-DARTS Eq. 3), when on
         self.policy: EdgePolicy = EdgePolicy()
         self.edge_index: dict[str, list[tuple[int, int]]] = {}
 
@@ -105,13 +179,33 @@ class Supernet(nn.Module):
     def _init_alphas(self, kinds: Sequence[str], n_edges: int, scale: float = 1e-3) -> None:
         for kind in kinds:
             self.alphas[kind] = nn.Parameter(scale * torch.randn(n_edges, len(self.op_names)))
+        if self.edge_norm:  # drawn after every α, as PC-DARTS' _initialize_alphas does
+            for kind in kinds:
+                self.betas[kind] = nn.Parameter(scale * torch.randn(n_edges))
 
     @property
     def kinds(self) -> tuple[str, ...]:
         return tuple(self.alphas.keys())
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        return list(self.alphas.values())
+        """α of every cell kind, then β (edge normalisation) of every kind."""
+        return [*self.alphas.values(), *self.betas.values()]
+
+    def edge_norm_weights(self, kind: str) -> torch.Tensor | None:
+        """Per edge of ``kind``, softmax(β) over the edges entering its node (None when edge
+        normalisation is off)."""
+        if not self.edge_norm:
+            return None
+        return node_softmax(self.betas[kind], self.edge_index[kind])
+
+    @torch.no_grad()
+    def edge_strengths(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Op weights ``[edges, ops]`` per kind as derivation ranks them: with edge
+        normalisation each edge's row times its β-weight (PC-DARTS §3.3, "multiply the
+        normalised coefficients together"); unchanged otherwise."""
+        if not self.edge_norm:
+            return weights
+        return {k: w * self.edge_norm_weights(k).to(w)[:, None] for k, w in weights.items()}
 
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}
@@ -123,7 +217,16 @@ class Supernet(nn.Module):
         return [keep] * len(self.edge_index[kind])
 
     def edge_weights(self) -> dict[str, EdgeWeights]:
-        return {kind: self.policy.edge_policy(self, kind) for kind in self.kinds}
+        """The policy's :class:`EdgeWeights` per kind; with edge normalisation each edge's op
+        weights times its β-weight, which also scales its bypass channels (Eq. 3)."""
+        out = {}
+        for kind in self.kinds:
+            ew = self.policy.edge_policy(self, kind)
+            s = self.edge_norm_weights(kind)
+            if s is not None:
+                ew = dataclasses.replace(ew, weights=ew.weights * s[:, None], edge_scale=s)
+            out[kind] = ew
+        return out
 
     # -- forward ------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract

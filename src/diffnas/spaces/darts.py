@@ -210,7 +210,8 @@ def derive_cell(w: torch.Tensor, op_names: Sequence[str] = PRIMITIVES, steps: in
 # ------------------------------------------------------------------------------------ supernet
 class SearchCell(nn.Module):
     def __init__(self, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool,
-                 op_names: Sequence[str], steps: int = STEPS, multiplier: int = 4) -> None:
+                 op_names: Sequence[str], steps: int = STEPS, multiplier: int = 4,
+                 partial_channels: int = 1) -> None:
         super().__init__()
         self.reduction = reduction
         self.steps, self.multiplier = steps, multiplier
@@ -218,14 +219,16 @@ class SearchCell(nn.Module):
                      else ReLUConvBN(c_pp, c, 1, 1, 0, affine=False))
         self.pre1 = ReLUConvBN(c_p, c, 1, 1, 0, affine=False)
         self.edges = nn.ModuleList(
-            MixedEdge(op_names, darts_op, c, 2 if reduction and src < 2 else 1, affine=False)
+            MixedEdge(op_names, darts_op, c, 2 if reduction and src < 2 else 1, affine=False,
+                      partial_channels=partial_channels)
             for src, _ in edge_index(steps))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, ew: EdgeWeights) -> torch.Tensor:
         states = [self.pre0(s0), self.pre1(s1)]
         e = 0
         for _ in range(self.steps):
-            parts = [self.edges[e + j](h, ew.weights[e + j], ew.active[e + j])
+            parts = [self.edges[e + j](h, ew.weights[e + j], ew.active[e + j],
+                                       ew.bypass_scale(e + j))
                      for j, h in enumerate(states)]
             e += len(states)
             node = sum_inputs(parts)
@@ -238,14 +241,18 @@ class SearchCell(nn.Module):
 
 
 class DartsSupernet(Supernet):
-    """The DARTS search network: stem, ``layers`` search cells, global pooling, classifier."""
+    """The DARTS search network: stem, ``layers`` search cells, global pooling, classifier.
+
+    ``partial_channels``, ``edge_norm``: PC-DARTS' partial channels and edge normalisation
+    (:mod:`diffnas.spaces.base`)."""
 
     space = "darts"
 
     def __init__(self, channels: int = 16, layers: int = 8, num_classes: int = 10,
                  in_channels: int = 3, op_names: Sequence[str] = PRIMITIVES,
-                 stem_multiplier: int = 3) -> None:
-        super().__init__()
+                 stem_multiplier: int = 3, partial_channels: int = 1,
+                 edge_norm: bool = False) -> None:
+        super().__init__(partial_channels, edge_norm)
         if channels < 1 or layers < 1:
             raise DiffnasError(f"channels and layers must be positive, got {channels}, {layers}")
         self.op_names = tuple(op_names)
@@ -261,7 +268,8 @@ class DartsSupernet(Supernet):
             reduction = i in reductions
             if reduction:
                 c_curr *= 2
-            cell = SearchCell(c_pp, c_p, c_curr, reduction, reduction_prev, self.op_names)
+            cell = SearchCell(c_pp, c_p, c_curr, reduction, reduction_prev, self.op_names,
+                              partial_channels=partial_channels)
             self.cells.append(cell)
             reduction_prev = reduction
             c_pp, c_p = c_p, cell.multiplier * c_curr
@@ -318,6 +326,8 @@ class DartsSupernet(Supernet):
         return self.classifier(F.adaptive_avg_pool2d(features, 1).flatten(1))
 
     def genotype(self, weights: dict[str, torch.Tensor]) -> DartsGenotype:
+        """Derive from the method's op weights (× the β-weights with edge normalisation)."""
+        weights = self.edge_strengths(weights)
         concat = tuple(range(2, 2 + STEPS))
         return DartsGenotype(normal=derive_cell(weights["normal"], self.op_names),
                              normal_concat=concat,

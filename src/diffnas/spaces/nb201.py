@@ -116,15 +116,16 @@ class ResidualReduction(nn.Module):
 
 
 class NB201SearchCell(nn.Module):
-    def __init__(self, c: int, op_names: Sequence[str]) -> None:
+    def __init__(self, c: int, op_names: Sequence[str], partial_channels: int = 1) -> None:
         super().__init__()
-        self.edges = nn.ModuleList(MixedEdge(op_names, nb201_op, c, 1, affine=False)
+        self.edges = nn.ModuleList(MixedEdge(op_names, nb201_op, c, 1, affine=False,
+                                             partial_channels=partial_channels)
                                    for _ in EDGES)
 
     def forward(self, x: torch.Tensor, ew: EdgeWeights) -> torch.Tensor:
         nodes = [x]
         for j in range(1, N_NODES):
-            parts = [self.edges[e](nodes[i], ew.weights[e], ew.active[e])
+            parts = [self.edges[e](nodes[i], ew.weights[e], ew.active[e], ew.bypass_scale(e))
                      for e, (i, jj) in enumerate(EDGES) if jj == j]
             node = sum_inputs(parts)
             nodes.append(node if node is not None else torch.zeros_like(x))
@@ -178,18 +179,24 @@ class NB201Skeleton(nn.Module):
 
 
 class NB201Supernet(NB201Skeleton, Supernet):
-    """The NAS-Bench-201 search network; ``layers`` is N, the cells per stage (5 in the paper)."""
+    """The NAS-Bench-201 search network; ``layers`` is N, the cells per stage (5 in the paper).
+
+    ``partial_channels``, ``edge_norm``: PC-DARTS' partial channels and edge normalisation
+    (:mod:`diffnas.spaces.base`); the residual reduction blocks are not search edges and see
+    all channels."""
 
     space = "nb201"
 
     def __init__(self, channels: int = 16, layers: int = 5, num_classes: int = 10,
-                 in_channels: int = 3, op_names: Sequence[str] = OPS) -> None:
-        super().__init__()
+                 in_channels: int = 3, op_names: Sequence[str] = OPS, partial_channels: int = 1,
+                 edge_norm: bool = False) -> None:
+        super().__init__(partial_channels, edge_norm)
         if channels < 1 or layers < 1:
             raise DiffnasError(f"channels and layers must be positive, got {channels}, {layers}")
         self.op_names = tuple(op_names)
         self._build_skeleton(in_channels, channels, layers, num_classes,
-                             lambda c: NB201SearchCell(c, self.op_names), affine=True)
+                             lambda c: NB201SearchCell(c, self.op_names, partial_channels),
+                             affine=True)
         self.edge_index["cell"] = list(EDGES)
         self._init_alphas(("cell",), len(EDGES))
         self._channels_last()
@@ -211,4 +218,6 @@ class NB201Supernet(NB201Skeleton, Supernet):
         return self._run_stages(x, lambda cell, h: cell(h, ew))
 
     def genotype(self, weights: dict[str, torch.Tensor]) -> NB201Genotype:
-        return derive_cell(weights["cell"], self.op_names)
+        """Derive from the method's op weights (× the β-weights with edge normalisation, which
+        cannot change a per-edge argmax: every edge of a NAS-Bench-201 cell is kept)."""
+        return derive_cell(self.edge_strengths(weights)["cell"], self.op_names)
