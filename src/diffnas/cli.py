@@ -95,6 +95,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
           f"(after {res['warmup']} warm-up), {res['threads']} threads, {res['device']}")
     print(f"  peak memory {mem:.2f} GiB, {res['flops_per_iter'] / 1e9:.1f} GFLOP/iteration "
           f"({res['gflops_per_s']:.1f} GFLOP/s)")
+    print(f"  parameters: supernet {res['supernet_params']:,} + objective "
+          f"{res['objective_params']:,} ({res['objective']})")
     print(f"  estimated {res['est_epoch_s'] / 60:.1f} min/epoch ({res['steps_per_epoch']} steps), "
           f"{res['est_search_s'] / 3600:.2f} h for {res['epochs']} epochs")
     return 0
@@ -104,10 +106,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .config import PRESETS
     from .data import DATASETS
     from .methods import METHODS
+    from .methods.parts import describe_parts
     from .objectives import OBJECTIVES
     from .spaces import SPACES
 
-    print("methods:    " + ", ".join(sorted(METHODS)))
+    print("methods:")
+    for name, m in sorted(METHODS.items()):
+        print(f"  {name:<12} {m.describe_parts()}  ({m.paper})")
+    print("parts (any method: --opt SLOT=NAME, then the part's options as --opt KEY=VALUE):")
+    for line in describe_parts():
+        print(f"  {line}")
     print("spaces:     " + ", ".join(sorted(SPACES)))
     print("objectives: " + ", ".join(sorted(OBJECTIVES)))
     print("datasets:   " + ", ".join(DATASETS) + ", folder:PATH")

@@ -1,24 +1,32 @@
-"""The search-method interface, and bilevel DARTS as its default behaviour.
+"""The search-method interface: a bilevel search built from exchangeable parts.
 
-A method is an :class:`~diffnas.spaces.base.EdgePolicy` (how α weights and
-selects the ops of every edge, called by the supernet's forward) plus the
-update rules of one search step. The search loop only calls::
+A method is an :class:`~diffnas.spaces.base.EdgePolicy` (how α weights and selects the ops
+of every edge, called by the supernet's forward) plus the update rules of one search step.
+The search loop only calls::
 
     method = METHODS[name](cfg, supernet, objective, steps_per_epoch)
     method.begin_epoch(epoch)
     stats = method.step(train_batch, val_batch)   # per step, floats
     method.derive()                                # genotype
+    method.epoch_metrics()                         # extra metrics (JSON)
     method.state_dict() / load_state_dict()        # resume
 
-Override only what differs: ``edge_weights`` (softmax, sigmoid, ReLU, Gumbel,
-Dirichlet...), ``edge_policy`` (which ops run: sampling, partial channels),
-``arch_loss``/``weight_loss`` (extra regularisers), ``arch_step``/``weight_step``
-(projection, a second network). Defaults implement DARTS (Liu et al., ICLR
-2019): Eq. (3)-(4) first order, Eq. (6)-(8) second order.
+What differs between the DARTS-family methods lives in *parts* (:mod:`.parts`, which also
+says how to add one): a weighting (softmax, gumbel, dirichlet, sigmoid, relu), an edge
+computation (all ops, one sampled op), regularisers/perturbations and a derivation. A named
+method is ``parts`` plus paper values of their options (``part_options``); every slot and
+option can be changed per run with ``--opt``. Beside the parts every method takes the
+generic step options of :data:`GENERIC_OPTIONS`.
+
+A method with its own mechanics overrides hooks instead: ``edge_weights`` / ``edge_policy``
+(STC-NAS), ``arch_loss`` / ``weight_loss``, ``arch_step`` / ``weight_step`` / ``step``
+(CDARTS' second network), ``derive``. Defaults implement DARTS (Liu et al., ICLR 2019):
+Eq. (3)-(4) first order, Eq. (6)-(8) second order.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,18 +35,35 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..config import SearchConfig, coerce_options
+from ..config import SearchConfig
+from ..errors import DiffnasError
 from ..objectives import Batch, LossOutput, Objective
-from ..spaces import Genotype, Supernet
-from ..spaces.base import EdgePolicy
+from ..spaces import SPACES, Genotype, Supernet
+from ..spaces.base import EdgePolicy, EdgeWeights
+from . import derivation, edges, weighting  # noqa: F401  (register the parts)
+from .parts import Derivation, EdgeComputation, Part, Weighting, resolve_options
+
+#: Options every method takes (``--opt KEY=VALUE``), beside its own and its parts' options.
+GENERIC_OPTIONS: dict[str, Any] = {
+    "w_first": False,          # update w before α in a step (GDAS' reference order)
+    "nesterov": False,         # Nesterov momentum for the weights' SGD (GDAS' configs)
+    "arch_warmup_epochs": 0,   # epochs at the start in which α is not updated
+    "drop_none": False,        # build the supernet without the `none` op (FairDARTS)
+}
 
 
 class SearchMethod(EdgePolicy):
-    """Bilevel differentiable search; the defaults are DARTS."""
+    """Bilevel differentiable search made of parts; the defaults are DARTS."""
 
     name: ClassVar[str] = "base"
     paper: ClassVar[str] = ""
+    #: the method's own options (not parts'), with defaults
     defaults: ClassVar[dict[str, Any]] = {}
+    #: the part in each slot (``regularisers``: a comma-separated list, may be empty)
+    parts: ClassVar[dict[str, str]] = {"weighting": "softmax", "edges": "all",
+                                       "derivation": "argmax", "regularisers": ""}
+    #: the method's values for options of its parts and for :data:`GENERIC_OPTIONS`
+    part_options: ClassVar[dict[str, Any]] = {}
     default_objective: ClassVar[str] = "ce"
     #: DARTS Eq. (8): the finite-difference step is ε = fd_radius / ‖∇_{w'} L_val(w', α)‖
     fd_radius: ClassVar[float] = 0.01
@@ -46,20 +71,75 @@ class SearchMethod(EdgePolicy):
     def __init__(self, cfg: SearchConfig, supernet: Supernet, objective: Objective,
                  steps_per_epoch: int) -> None:
         self.cfg = cfg
-        self.opts = coerce_options(f"method {self.name!r}", self.defaults, cfg.method_args)
+        self.opts, chosen = self.resolve_options(cfg.method_args)
         self.net = supernet
         self.objective = objective
         supernet.policy = self
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.epoch = 0
         self.global_step = 0
+        #: which step's forward runs: "arch", "weight" or "eval" (read by perturbation parts)
+        self.phase = "eval"
         self.a_params: list[nn.Parameter] = supernet.arch_parameters()
         self.w_params: list[nn.Parameter] = supernet.weight_parameters() + [
             p for p in objective.parameters() if p.requires_grad]
+        if self.opts["nesterov"] and cfg.w_momentum <= 0:
+            raise DiffnasError(f"method {self.name!r} option nesterov needs a momentum > 0, "
+                               f"got {cfg.w_momentum}")
         self.w_opt = torch.optim.SGD(self.w_params, lr=cfg.w_lr, momentum=cfg.w_momentum,
-                                     weight_decay=cfg.w_weight_decay)
+                                     weight_decay=cfg.w_weight_decay,
+                                     nesterov=bool(self.opts["nesterov"]))
         self.a_opt = torch.optim.Adam(self.a_params, lr=cfg.a_lr, betas=cfg.a_betas,
                                       weight_decay=cfg.a_weight_decay)
+        # parts last: they may read (and adjust) everything above
+        self.weighting: Weighting = chosen["weighting"][0](self, self.opts)  # type: ignore[assignment]
+        self.edges: EdgeComputation = chosen["edges"][0](self, self.opts)  # type: ignore[assignment]
+        self.derivation: Derivation = chosen["derivation"][0](self, self.opts)  # type: ignore[assignment]
+        self.regularisers: list[Part] = [p(self, self.opts) for p in chosen["regularisers"]]
+        self.all_parts: list[Part] = [self.weighting, self.edges, self.derivation,
+                                      *self.regularisers]
+
+    # -- options and parts -----------------------------------------------------------------------
+    @classmethod
+    def resolve_options(cls, given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """This method's options under ``given`` (``--opt``), and the part classes per slot."""
+        own = cls.own_slots()
+        if own & set(given):
+            raise DiffnasError(f"method {cls.name!r} has its own edge policy, so the "
+                               f"{' and '.join(sorted(own & set(given)))} part does not apply to "
+                               "it; choose the parts on a method built from them (e.g. darts)")
+        return resolve_options(cls.name, cls.defaults, GENERIC_OPTIONS, cls.parts,
+                               cls.part_options, given)
+
+    @classmethod
+    def own_slots(cls) -> set[str]:
+        """Slots this method replaces by overriding the hook that uses them (STC-NAS' sub-cells
+        replace the weighting and edge parts)."""
+        if cls.edge_policy is not SearchMethod.edge_policy:
+            return {"weighting", "edges"}
+        return set()
+
+    @classmethod
+    def describe_parts(cls) -> str:
+        """``weighting=softmax, edges=all, ...`` (for ``diffnas list``)."""
+        own = cls.own_slots()
+        shown = [f"{k}=({cls.name}'s own)" if k in own else f"{k}={v}"
+                 for k, v in cls.parts.items() if v or k in own]
+        extra = [f"{k}={v}" for k, v in cls.part_options.items()]
+        return ", ".join(shown + extra)
+
+    @classmethod
+    def supernet_options(cls, cfg: SearchConfig) -> dict[str, Any]:
+        """Keyword arguments for ``build_supernet`` that this method's options ask for."""
+        opts, chosen = cls.resolve_options(cfg.method_args)
+        out: dict[str, Any] = {}
+        if opts["drop_none"]:
+            ops = inspect.signature(SPACES[cfg.space]).parameters["op_names"].default
+            out["op_names"] = tuple(o for o in ops if o != "none")
+        for ps in chosen.values():
+            for p in ps:
+                out.update(p.supernet_options(opts))
+        return out
 
     # -- schedules -------------------------------------------------------------------------------
     @property
@@ -77,34 +157,71 @@ class SearchMethod(EdgePolicy):
         self.global_step = epoch * self.steps_per_epoch
         for g in self.w_opt.param_groups:
             g["lr"] = self.w_lr(epoch)
+        for part in self.all_parts:
+            part.begin_epoch(epoch)
+
+    # -- edge policy (weighting, regulariser and edge parts) ---------------------------------------
+    def edge_weights(self, alpha: torch.Tensor) -> torch.Tensor:
+        """The weighting's deterministic op weights f(α) (derivation, logging, evaluation)."""
+        return self.weighting.weights(alpha)
+
+    def sample_weights(self, alpha: torch.Tensor) -> torch.Tensor:
+        """The op weights of a training forward (a fresh sample for stochastic weightings)."""
+        return self.weighting.sample(alpha)
+
+    def edge_policy(self, supernet: Supernet, kind: str) -> EdgeWeights:
+        alpha = supernet.alphas[kind]
+        w = self.sample_weights(alpha) if supernet.training else self.edge_weights(alpha)
+        for part in self.regularisers:
+            w = part.adjust_weights(kind, w)
+        return self.edges.policy(supernet, kind, w)
 
     # -- losses (hooks) ----------------------------------------------------------------------------
     def arch_loss(self, batch: Batch) -> LossOutput:
-        """Upper-level loss L_val(w, α); regularisers on α are added here."""
-        return self.objective(self.net, batch)
+        """Upper-level loss L_val(w, α) plus the parts' α terms."""
+        out = self.objective(self.net, batch)
+        return add_terms(out, [p.arch_terms(batch, out) for p in self.regularisers])
 
     def weight_loss(self, batch: Batch) -> LossOutput:
-        """Lower-level loss L_train(w, α)."""
-        return self.objective(self.net, batch)
+        """Lower-level loss L_train(w, α) plus the parts' w terms."""
+        out = self.objective(self.net, batch)
+        return add_terms(out, [p.weight_terms(batch, out) for p in self.regularisers])
 
     # -- one step ---------------------------------------------------------------------------------
+    def arch_frozen(self) -> bool:
+        """True while α is not updated (``arch_warmup_epochs``)."""
+        return self.epoch < int(self.opts["arch_warmup_epochs"])
+
     def step(self, train: Batch, val: Batch) -> dict[str, float]:
-        """One search step: α on a val batch, then w on a train batch (DARTS Alg. 1)."""
-        a_out = self.arch_step(val, train)
-        w_out = self.weight_step(train)
+        """One search step: α on a val batch, then w on a train batch (DARTS Alg. 1); w first
+        with ``w_first``; w only during ``arch_warmup_epochs``."""
+        a_out: LossOutput | None = None
+        if self.opts["w_first"]:
+            w_out = self.weight_step(train)
+            if not self.arch_frozen():
+                a_out = self.arch_step(val, train)
+        else:
+            if not self.arch_frozen():
+                a_out = self.arch_step(val, train)
+            w_out = self.weight_step(train)
         self.global_step += 1
-        stats = {"loss": w_out.loss.item(), "val_loss": a_out.loss.item()}
+        stats = {"loss": w_out.loss.item()}
         if w_out.logits is not None:
             stats["acc"] = accuracy(w_out.logits, train.y)
-        if a_out.logits is not None:
-            stats["val_acc"] = accuracy(a_out.logits, val.y)
-        for k, v in {**a_out.terms}.items():
-            stats[f"arch_{k}"] = float(v)
+        if a_out is not None:
+            stats["val_loss"] = a_out.loss.item()
+            if a_out.logits is not None:
+                stats["val_acc"] = accuracy(a_out.logits, val.y)
+            for k, v in a_out.terms.items():
+                stats[f"arch_{k}"] = float(v)
         for k, v in w_out.terms.items():
             stats[k] = float(v)
+        for part in self.all_parts:
+            stats.update(part.stats())
         return stats
 
     def arch_step(self, val: Batch, train: Batch) -> LossOutput:
+        self.phase = "arch"
         self.a_opt.zero_grad(set_to_none=True)
         if self.cfg.order == 2:
             out, grads = self.unrolled_arch_grads(val, train)
@@ -114,9 +231,15 @@ class SearchMethod(EdgePolicy):
                 grads = grads_of(out.loss, self.a_params)
         set_grads(self.a_params, grads)
         self.a_opt.step()
+        for part in self.all_parts:
+            part.after_arch_step()
+        self.phase = "eval"
         return out
 
     def weight_step(self, train: Batch) -> LossOutput:
+        self.phase = "weight"
+        for part in self.all_parts:
+            part.before_weight_step(train)
         self.w_opt.zero_grad(set_to_none=True)
         with frozen(self.a_params):
             out = self.weight_loss(train)
@@ -124,6 +247,7 @@ class SearchMethod(EdgePolicy):
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.w_params, self.cfg.grad_clip)
         self.w_opt.step()
+        self.phase = "eval"
         return out
 
     # -- second order (DARTS Eq. 6-8) --------------------------------------------------------------
@@ -176,17 +300,42 @@ class SearchMethod(EdgePolicy):
         return {k: self.edge_weights(a.detach()) for k, a in self.net.alphas.items()}
 
     def derive(self) -> Genotype:
-        return self.net.genotype(self.alpha_weights())
+        """The derivation part's genotype (DARTS: the space's argmax rule)."""
+        return self.derivation.derive()
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        """Extra JSON entries for each epoch's metrics record and, from the end of the search,
+        result.json (CDARTS: its evaluation network's genotype); none by default."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict()}
+        state: dict[str, Any] = {"w_opt": self.w_opt.state_dict(),
+                                 "a_opt": self.a_opt.state_dict()}
+        parts = {f"{p.slot}={p.name}": p.state_dict() for p in self.all_parts}
+        parts = {k: v for k, v in parts.items() if v}
+        if parts:
+            state["parts"] = parts
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.w_opt.load_state_dict(state["w_opt"])
         self.a_opt.load_state_dict(state["a_opt"])
+        saved = state.get("parts", {})
+        for p in self.all_parts:
+            if f"{p.slot}={p.name}" in saved:
+                p.load_state_dict(saved[f"{p.slot}={p.name}"])
 
 
 # ---------------------------------------------------------------------------------------- helpers
+def add_terms(out: LossOutput, terms: list[dict[str, torch.Tensor]]) -> LossOutput:
+    """``out`` with the (already scaled) ``terms`` added to its loss and logged by name."""
+    extra = {k: v for t in terms for k, v in t.items()}
+    if not extra:
+        return out
+    loss = out.loss + sum(extra.values())
+    return LossOutput(loss, out.logits, {**out.terms, **{k: v.detach() for k, v in extra.items()}})
+
+
 def grads_of(loss: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor]:
     """Gradients of ``loss`` w.r.t. ``params`` only (zeros for unused ones)."""
     gs = torch.autograd.grad(loss, params, allow_unused=True)
