@@ -91,18 +91,19 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if args.report_only or (saved and all(a is None for a in grid_args)):
         spec = load_spec(args.out)  # `diffnas experiment --out DIR` resumes the saved grid
         if args.report_only:
-            res = report(args.out, plan(spec, args.out))
+            res = report(args.out, plan(spec, args.out), spec=spec)
             print(res["markdown"])
             return 0
         spec.device = args.device or spec.device
         spec.threads = args.threads or spec.threads
+        spec.jobs = args.jobs or spec.jobs
     else:
         spec = ExperimentSpec(
             methods=args.methods or ["darts"], seeds=args.seeds or [0, 1, 2],
             presets=args.presets or ["nb201-cpu"], spaces=args.spaces or [None],
             datasets=args.datasets or [None], overrides=_kv_values(args.set, "--set"),
             retrain=args.retrain, retrain_overrides=_kv_values(args.retrain_set, "--retrain-set"),
-            device=args.device or "auto", threads=args.threads)
+            device=args.device or "auto", threads=args.threads, jobs=args.jobs or 1)
     res = run_experiment(spec, args.out, isolate=not args.in_process,
                          progress=not args.no_progress)
     print()
@@ -193,6 +194,9 @@ def register(sub: Any) -> None:
     p.add_argument("--device", help="cpu, cuda[:N] or auto")
     p.add_argument("--threads", type=int,
                    help="torch threads per run (1 is fastest on a CPU shared with others)")
+    p.add_argument("--jobs", type=int,
+                   help="runs at once, each its own process (default 1); with --threads T "
+                        "the grid uses jobs × T cores (default T: cores / jobs)")
     p.add_argument("--in-process", action="store_true",
                    help="run searches in this process (faster start; shared peak memory)")
     p.add_argument("--no-progress", action="store_true")

@@ -53,9 +53,43 @@ def _label(text: str) -> str:
     return out.strip("-") or "x"
 
 
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """``text`` cut at each ``sep`` outside brackets, braces and double-quoted strings, so
+    JSON values keep their commas: ``a=1,b={"x":1,"y":2}`` → ``a=1``, ``b={"x":1,"y":2}``."""
+    parts, depth, quoted, start = [], 0, False, 0
+    for i, c in enumerate(text):
+        if quoted:
+            quoted = not (c == '"' and text[i - 1] != "\\")
+        elif c == '"':
+            quoted = True
+        elif c in "[{(":
+            depth += 1
+        elif c in "]})":
+            depth -= 1
+        elif c == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+#: Config fields that hold option dicts: layered (preset < ``--set`` < method spec) key by key.
+OPTION_FIELDS = ("method_args", "objective_args")
+
+
+def _options_dict(value: Any, where: str, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise DiffnasError(f"{where}: {key} must be a JSON object such as "
+                           f"{key}={{\"name\":1}}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class MethodSpec:
-    """``NAME[:key=value,...]``: config fields (e.g. ``darts:order=2``) or method options."""
+    """``NAME[:key=value,...]``: config fields (e.g. ``darts:order=2``,
+    ``semantic:objective_args={"mask_ratio":0.4,"patch_size":4}``) or method options (the rest;
+    given as text, converted by the method like ``--opt``). Commas inside a JSON value do not
+    separate items."""
 
     spec: str
     method: str
@@ -70,12 +104,14 @@ class MethodSpec:
                                "NAME[:key=value,...], e.g. darts:order=2")
         config: dict[str, Any] = {}
         options: dict[str, Any] = {}
-        for item in filter(None, (s.strip() for s in rest.split(","))):
+        for item in filter(None, (s.strip() for s in split_top_level(rest))):
             if "=" not in item:
                 raise DiffnasError(f"method spec {spec!r}: {item!r} is not key=value")
             k, v = (s.strip() for s in item.split("=", 1))
             k = k.replace("-", "_")
-            if k in SEARCH_FIELDS:
+            if k in OPTION_FIELDS:
+                config[k] = _options_dict(_coerce(v), f"method spec {spec!r}", k)
+            elif k in SEARCH_FIELDS:
                 config[k] = _coerce(v)
             else:
                 options[k] = v
@@ -99,7 +135,8 @@ class ExperimentSpec:
     retrain: str | None = None                                # train preset, or no retraining
     retrain_overrides: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
-    threads: int | None = None    # torch threads per run (None: torch's default)
+    threads: int | None = None    # torch threads per run (None: see run_threads)
+    jobs: int = 1                 # runs at once, each in its own process
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,15 +183,68 @@ def plan(spec: ExperimentSpec, out: str | Path) -> list[Cell]:
     for preset, space, dataset in itertools.product(spec.presets, spec.spaces, spec.datasets):
         setting = setting_label(preset, space, dataset)
         for m in methods:
+            # option dicts merge key by key: preset < --set < method spec (its KEY=VALUE last)
+            given = {k: _options_dict(v, "--set", k) for k, v in spec.overrides.items()
+                     if k in OPTION_FIELDS}
+            merged = {k: {**given.get(k, {}), **m.config.get(k, {})} for k in OPTION_FIELDS}
+            merged["method_args"].update(m.options)
+            axes = {k: v for k, v in (("space", space), ("dataset", dataset)) if v}
+            values = {k: v for k, v in {**spec.overrides, **axes, **m.config}.items()
+                      if k not in OPTION_FIELDS}
             for seed in spec.seeds:
-                axes = {k: v for k, v in (("space", space), ("dataset", dataset)) if v}
-                cfg = resolve_config(preset, **{**spec.overrides, **axes, **m.config},
-                                     method=m.method, seed=int(seed), device=spec.device,
-                                     method_args=m.options or None)
+                cfg = resolve_config(preset, **values, **merged, method=m.method,
+                                     seed=int(seed), device=spec.device)
                 get_method(cfg.method)  # an unknown method fails before anything runs
                 run_dir = Path(out) / "runs" / setting / m.label / f"seed{seed}"
                 cells.append(Cell(setting, m.label, int(seed), cfg, run_dir))
     return cells
+
+
+def _data_shape(cfg: SearchConfig) -> tuple[Any, ...] | None:
+    """(channels, size, classes, (mean, std), images) of a run's data, or None when it cannot
+    be read here without downloading (the run itself then fetches it or reports the problem)."""
+    from ..data import load_dataset
+
+    try:
+        data = load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir,
+                            image_size=cfg.image_size, download=False)
+    except (DiffnasError, OSError):
+        return None
+    return data.in_channels, data.image_size, data.num_classes, (data.mean, data.std), len(data)
+
+
+def check_runs(cells: Sequence[Cell]) -> None:
+    """Build every run's supernet, objective and method (on the CPU, for its data's shape)
+    before any run starts, so a bad method or objective option stops the grid at once with
+    one line naming the run. Runs that differ only in their seed are checked once."""
+    import torch
+
+    from .search import build_search
+
+    shapes: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}
+    checked: set[str] = set()
+    for cell in cells:
+        cfg = cell.cfg.replace(device="cpu")
+        key = json.dumps({**cfg.to_dict(), "seed": None}, sort_keys=True, default=str)
+        if key in checked:
+            continue
+        checked.add(key)
+        where = (cfg.dataset, cfg.data_dir, cfg.image_size)
+        if where not in shapes:
+            shapes[where] = _data_shape(cfg)
+        shape = shapes[where]
+        if shape is None:
+            continue
+        channels, size, classes, stats, images = shape
+        n = min(cfg.subset or images, images)
+        steps = max(1, int(n * min(cfg.train_portion, 1 - cfg.train_portion)) // cfg.batch_size)
+        try:
+            with torch.random.fork_rng(devices=[]):  # leave the caller's RNG as it was
+                build_search(cfg, channels, size, classes, steps, torch.device("cpu"), stats)
+        except Exception as e:  # noqa: BLE001 - any failure here is the run's, named in one line
+            msg = str(e) if isinstance(e, DiffnasError) else f"{type(e).__name__}: {e}"
+            raise DiffnasError(f"run {cell.setting}/{cell.method}/seed{cell.seed} cannot "
+                               f"start: {msg}") from None
 
 
 # --------------------------------------------------------------------------------- running
@@ -262,51 +352,96 @@ def _train_config(spec: ExperimentSpec, cell: Cell) -> Any:
     return cfg.replace(genotype=genotype, genotype_source=str(cell.run_dir))
 
 
+def run_threads(spec: ExperimentSpec) -> int:
+    """Torch threads each run uses: ``spec.threads``, else the machine's cores shared out
+    among the ``spec.jobs`` runs at once (torch's own default when one run at a time)."""
+    import os
+
+    import torch
+
+    if spec.threads:
+        return spec.threads
+    if spec.jobs > 1:
+        return max(1, (os.cpu_count() or 1) // spec.jobs)
+    return torch.get_num_threads()
+
+
+def _run_cell(spec: ExperimentSpec, cell: Cell, head: str, isolate: bool, progress: bool,
+              echo: Callable[[str], None], log: RunFolder, threads: int) -> None:
+    """One cell: its search (skipped when finished, resumed when interrupted), then its
+    retraining when the grid asks for one."""
+    state = _state(cell.run_dir)
+    if state == "done":
+        echo(f"{head}: finished earlier, skipped")
+    else:
+        echo(f"{head}: {'resuming' if state == 'resume' else 'starting'} search "
+             f"({cell.run_dir})")
+        t0 = time.perf_counter()
+        err = _execute("search", (cell.cfg.to_dict(), str(cell.run_dir), state == "resume",
+                                  progress), cell.run_dir, isolate, threads)
+        msg = "ok" if err is None else f"FAILED: {err.strip().splitlines()[-1]}"
+        echo(f"{head}: search {msg} ({time.perf_counter() - t0:.0f} s)")
+        log.log(f"{head}: search {state} -> {msg}")
+    if spec.retrain and _state(cell.run_dir) == "done":
+        rdir = cell.run_dir / "retrain"
+        tcfg = _train_config(spec, cell)
+        from .train import TrainConfig
+
+        _check_config(rdir, tcfg, TrainConfig)
+        rstate = _state(rdir)
+        if rstate != "done":
+            echo(f"{head}: retraining ({rdir})")
+            err = _execute("retrain", (tcfg.to_dict(), str(rdir), rstate == "resume",
+                                       progress), rdir, isolate, threads)
+            msg = "ok" if err is None else f"FAILED: {err.strip().splitlines()[-1]}"
+            echo(f"{head}: retrain {msg}")
+            log.log(f"{head}: retrain {rstate} -> {msg}")
+
+
 def run_experiment(spec: ExperimentSpec, out: str | Path, *, isolate: bool = True,
                    progress: bool = True, echo: Callable[[str], None] = print,
                    plot: bool = True) -> dict[str, Any]:
-    """Run (or resume) every cell of the grid, then write the results and summaries (and the
-    plots, unless ``plot`` is False)."""
+    """Run (or resume) every cell of the grid, ``spec.jobs`` at a time, then write the results
+    and summaries (and the plots, unless ``plot`` is False). Every run's config and its
+    method/objective options are checked before the first run starts."""
     out = Path(out)
+    if spec.jobs < 1:
+        raise DiffnasError(f"jobs must be at least 1, got {spec.jobs}")
+    if spec.jobs > 1 and not isolate:
+        raise DiffnasError("several runs at once (jobs > 1) need a process per run; "
+                           "drop --in-process or use --jobs 1")
     cells = plan(spec, out)
     if spec.retrain:
         from .train import TrainConfig  # noqa: F401 - fail early if retraining is unavailable
+    for cell in cells:
+        _check_config(cell.run_dir, cell.cfg, SearchConfig)
+    check_runs(cells)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "experiment.json", json.dumps(spec.to_dict(), indent=2) + "\n")
     log = RunFolder(out)
-    for cell in cells:
-        _check_config(cell.run_dir, cell.cfg, SearchConfig)
+    threads = run_threads(spec)
     log.log(f"experiment: {len(cells)} runs ({len(spec.methods)} methods × {len(spec.seeds)} "
-            f"seeds × {len(cells) // (len(spec.methods) * len(spec.seeds))} settings)")
-    for n, cell in enumerate(cells, 1):
-        head = f"[{n}/{len(cells)}] {cell.setting} {cell.method} seed {cell.seed}"
-        state = _state(cell.run_dir)
-        if state == "done":
-            echo(f"{head}: finished earlier, skipped")
-        else:
-            echo(f"{head}: {'resuming' if state == 'resume' else 'starting'} search "
-                 f"({cell.run_dir})")
-            t0 = time.perf_counter()
-            err = _execute("search", (cell.cfg.to_dict(), str(cell.run_dir), state == "resume",
-                                      progress), cell.run_dir, isolate, spec.threads)
-            msg = "ok" if err is None else f"FAILED: {err.strip().splitlines()[-1]}"
-            echo(f"{head}: search {msg} ({time.perf_counter() - t0:.0f} s)")
-            log.log(f"{head}: search {state} -> {msg}")
-        if spec.retrain and _state(cell.run_dir) == "done":
-            rdir = cell.run_dir / "retrain"
-            tcfg = _train_config(spec, cell)
-            from .train import TrainConfig
+            f"seeds × {len(cells) // (len(spec.methods) * len(spec.seeds))} settings), "
+            f"{spec.jobs} at once, {threads} threads each")
+    heads = [f"[{n}/{len(cells)}] {c.setting} {c.method} seed {c.seed}"
+             for n, c in enumerate(cells, 1)]
+    progress = progress and spec.jobs == 1  # bars of parallel runs would overwrite each other
+    if spec.jobs == 1:
+        for cell, head in zip(cells, heads, strict=True):
+            _run_cell(spec, cell, head, isolate, progress, echo, log, threads)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
 
-            _check_config(rdir, tcfg, TrainConfig)
-            rstate = _state(rdir)
-            if rstate != "done":
-                echo(f"{head}: retraining ({rdir})")
-                err = _execute("retrain", (tcfg.to_dict(), str(rdir), rstate == "resume",
-                                           progress), rdir, isolate, spec.threads)
-                msg = "ok" if err is None else f"FAILED: {err.strip().splitlines()[-1]}"
-                echo(f"{head}: retrain {msg}")
-                log.log(f"{head}: retrain {rstate} -> {msg}")
-    return report(out, cells, plot=plot)
+        # each worker thread only waits on its run's process; the runs compute in parallel
+        pool = ThreadPoolExecutor(max_workers=spec.jobs)
+        try:
+            futures = [pool.submit(_run_cell, spec, cell, head, isolate, progress, echo, log,
+                                   threads) for cell, head in zip(cells, heads, strict=True)]
+            for f in futures:
+                f.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return report(out, cells, plot=plot, spec=spec)
 
 
 # ----------------------------------------------------------------------------- collecting
@@ -385,6 +520,84 @@ METRICS: tuple[tuple[str, str, int], ...] = (
 )
 
 
+@dataclass(frozen=True)
+class Published:
+    """A method's published NAS-Bench-201 CIFAR-10 test accuracy (%, mean ± std over its
+    paper's searches), where it is printed and how the search ran."""
+
+    paper_name: str
+    mean: float
+    std: float | None
+    source: str
+    protocol: str = "searched on CIFAR-10"
+
+    def text(self) -> str:
+        return f"{self.mean:.2f}" + ("" if self.std is None else f" ± {self.std:.2f}")
+
+
+#: Published NAS-Bench-201 CIFAR-10 test accuracies of the methods, by method name (a method
+#: spec with options or config changes is another protocol and shows "—"). Each value was
+#: looked up in the source named, except where the source says it could not be.
+PUBLISHED: dict[str, Published] = {
+    "darts": Published("DARTS-V1 (first order)", 54.30, 0.00,
+                       "NAS-Bench-201 paper (Dong & Yang, ICLR 2020) Table 5; the DrNAS README's "
+                       "NAS-Bench-201 table prints the same 54.30 ± 0.00"),
+    "gdas": Published("GDAS", 93.61, 0.09,
+                      "NAS-Bench-201 paper (Dong & Yang, ICLR 2020) Table 5 (not found in a "
+                      "source the search tools reach; quoted from issue 11)"),
+    "snas": Published("SNAS", 92.77, 0.83,
+                      "DrNAS' re-run (Chen et al., ICLR 2021; README of xiangning-chen/DrNAS)"),
+    "pcdarts": Published("PC-DARTS", 93.41, 0.30,
+                         "DrNAS' re-run (Chen et al., ICLR 2021; README of xiangning-chen/DrNAS)"),
+    "drnas": Published("DrNAS", 94.36, 0.00,
+                       "DrNAS (Chen et al., ICLR 2021; README of xiangning-chen/DrNAS)"),
+    "betadarts": Published("β-DARTS", 94.36, 0.00,
+                           "β-DARTS (Ye et al., CVPR 2022) Table 1 (its Papers with Code entry "
+                           "lists 94.36; the repository README prints no table)"),
+    "dartsminus": Published("DARTS-", 93.80, None,
+                            "DARTS- (Chu et al., ICLR 2021) NAS-Bench-201 table (its Papers with "
+                            "Code entry lists 93.80; the std is not given there)"),
+    "semantic": Published("Semantic-DARTS", 94.30, 0.13,
+                          "Semantic-DARTS (Guo et al., IEEE IoT J. 2025) Table III (not found "
+                          "in a source the search tools reach: the reference repository prints "
+                          "no results; quoted from issue 11)",
+                          "searched on CIFAR-10 without labels (masked-image modelling)"),
+    "cdarts": Published("CDARTS", 94.02, 0.31,
+                        "CDARTS (Yu et al., TPAMI 2023) Table 2; the Cream README's NATS-Bench "
+                        "cells score 94.37, 94.09, 93.62 (mean 94.03, population std 0.31)"),
+    "stc": Published("STC-NAS", 93.41, 0.2,
+                     "STC-NAS (Neurocomputing 2022) Table 6 (not found in a source the search "
+                     "tools reach: no public code; quoted from issue 11)"),
+}
+#: The best CIFAR-10 test accuracy in NAS-Bench-201's own table (DrNAS README, "optimal").
+NB201_OPTIMUM = 94.37
+PUBLISHED_TITLE = "Published C10 (%)"
+
+
+def published_cell(method: str) -> str:
+    """The published column's text for a method label: value and footnote mark, or "—"."""
+    pub = PUBLISHED.get(method)
+    return "—" if pub is None else f"{pub.text()} [{list(PUBLISHED).index(method) + 1}]"
+
+
+def published_notes(methods: Sequence[str], table_best: float | None = None) -> list[str]:
+    """Footnotes of the published column for the methods shown (empty when none has one)."""
+    shown = [m for m in PUBLISHED if m in methods]
+    if not shown:
+        return []
+    best = "" if table_best is None else f"; the best cell of the table used here scores " \
+                                            f"{table_best:.2f}"
+    out = [f"{PUBLISHED_TITLE}: the paper's NAS-Bench-201 CIFAR-10 test accuracy, scored with "
+           f"NAS-Bench-201's own table (optimum {NB201_OPTIMUM:.2f}{best}) after the paper's "
+           "full-size search — another search protocol than the runs above; read it as the "
+           "reference point, not as a number these runs should reach."]
+    for m in shown:
+        p = PUBLISHED[m]
+        out.append(f"[{list(PUBLISHED).index(m) + 1}] {p.paper_name}: {p.text()}, {p.protocol}; "
+                   f"{p.source}.")
+    return out
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (n − 1; 0 for a single value)."""
     n = len(values)
@@ -419,25 +632,36 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _cell(v: dict[str, Any] | None, digits: int) -> str:
+    if v is None:
+        return "—"
+    return f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}" if v["n"] > 1 \
+        else f"{v['mean']:.{digits}f}"
+
+
 def markdown_table(summary: Sequence[dict[str, Any]], notes: dict[str, str] | None = None) -> str:
     """Mean ± std per method, one Markdown table per setting; columns with no values are left
-    out. ``notes``: a line under each setting's heading."""
+    out, and beside a measured NAS-Bench-201 table accuracy stands the method's published one
+    (:data:`PUBLISHED`). ``notes``: a line under each setting's heading."""
     lines: list[str] = []
     for setting in dict.fromkeys(s["setting"] for s in summary):
         entries = [s for s in summary if s["setting"] == setting]
         cols = [(k, title, d) for k, title, d in METRICS if any(k in e for e in entries)]
         lines += [f"**{setting}**" + (f" — {notes[setting]}" if notes and setting in notes
                                       else ""), ""]
-        lines.append("| Method | Runs | " + " | ".join(t for _, t, _ in cols) + " |")
-        lines.append("|---|---|" + "---|" * len(cols))
-        for e in entries:
-            cells = []
-            for key, _, d in cols:
-                v = e.get(key)
-                cells.append("—" if v is None else (f"{v['mean']:.{d}f} ± {v['std']:.{d}f}"
-                                                    if v["n"] > 1 else f"{v['mean']:.{d}f}"))
+        heads = [t for _, t, _ in cols]
+        rows = [[_cell(e.get(key), d) for key, _, d in cols] for e in entries]
+        keys = [k for k, _, _ in cols]
+        if "table_acc" in keys:  # the published number beside the measured table accuracy
+            at = keys.index("table_acc") + 1
+            heads.insert(at, PUBLISHED_TITLE)
+            for e, row in zip(entries, rows, strict=True):
+                row.insert(at, published_cell(e["method"]))
+        lines.append("| Method | Runs | " + " | ".join(heads) + " |")
+        lines.append("|---|---|" + "---|" * len(heads))
+        for e, row in zip(entries, rows, strict=True):
             runs = f"{e['finished']}/{e['runs']}"
-            lines.append(f"| {e['method']} | {runs} | " + " | ".join(cells) + " |")
+            lines.append(f"| {e['method']} | {runs} | " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -501,8 +725,10 @@ def _table_or_none(cells: Sequence[Cell]) -> tuple[Any, str | None]:
         return None, f"no table accuracies: {e}"
 
 
-def report(out: str | Path, cells: Sequence[Cell], plot: bool = True) -> dict[str, Any]:
-    """Collect the runs of ``cells`` and write results.{csv,json}, summary.{json,md}, plots."""
+def report(out: str | Path, cells: Sequence[Cell], plot: bool = True,
+           spec: ExperimentSpec | None = None) -> dict[str, Any]:
+    """Collect the runs of ``cells`` and write results.{csv,json}, summary.{json,md}, plots;
+    ``spec`` (the grid) adds how the runs were scheduled to the summary."""
     out = Path(out)
     table, table_note = _table_or_none(cells)
     rows = [collect_run(c, table) for c in cells]
@@ -523,6 +749,14 @@ def report(out: str | Path, cells: Sequence[Cell], plot: bool = True) -> dict[st
         foot.append(f"NB201 table acc: {table_note}; it is CIFAR-10 accuracy of the derived "
                     "cell, whatever data the search ran on (a transfer protocol unless that was "
                     "CIFAR-10).")
+    if table is not None:
+        import numpy as np
+
+        best = float(np.nanmax(np.asarray(table.accuracies, dtype=float)))
+        foot += published_notes([e["method"] for e in summary if "table_acc" in e], best)
+    if spec is not None:
+        foot.append(f"Runs: {spec.jobs} at once (--jobs {spec.jobs}), {run_threads(spec)} "
+                    f"torch thread(s) each, device {spec.device}.")
     md = md + "\n" + "\n".join(foot) + "\n"  # a blank line: text right after a table joins it
     plots: list[str] = []
     try:
