@@ -146,3 +146,36 @@ def test_pgd_falls_back_to_the_unperturbed_weights():
     out, before, after = perturb.pgd_perturbation(w, loss_fn, 0.2)
     assert torch.equal(out["cell"], base)
     assert after == before
+
+
+# ------------------------------------------------------------------- DARTS- auxiliary skip
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_aux_skip_adds_exactly_beta_times_skip(space):
+    from diffnas.spaces import build_supernet
+
+    torch.manual_seed(0)
+    net = build_supernet(space, 4, 3, 10, 1, aux_skip=True)
+    plain = build_supernet(space, 4, 3, 10, 1)
+    names, plain_names = ({n for n, _ in m.named_parameters()} for m in (net, plain))
+    # stride-2 edges (DARTS reduction cells) get a FactorizedReduce with its own weights
+    assert names > plain_names if space == "darts" else names == plain_names
+    weights = set(map(id, net.weight_parameters()))
+    strides = set()
+    for edge in net.mixed_edges():
+        strides.add(edge.stride)
+        skip = edge.ops[edge.op_names.index("skip_connect")]
+        assert edge.aux is not skip and type(edge.aux) is type(skip)  # its own module
+        assert all(id(p) in weights for p in edge.aux.parameters())
+        x = torch.randn(2, edge.c, 8, 8).contiguous(memory_format=torch.channels_last)
+        w = torch.softmax(torch.randn(len(edge.op_names)), -1)
+        active = range(1, len(edge.op_names))
+        edge.aux_scale = 0.0
+        without = edge(x, w, active)
+        edge.aux_scale = 0.37
+        with_aux = edge(x, w, active)
+        assert torch.allclose(with_aux - without, 0.37 * edge.aux(x), atol=1e-6)
+        if edge.stride == 1:  # identity: exactly β·x
+            assert torch.equal(edge(x, w, []), 0.37 * x)
+    assert strides == ({1, 2} if space == "darts" else {1})
+    net.set_aux_scale(0.5)
+    assert {e.aux_scale for e in net.mixed_edges()} == {0.5}

@@ -23,12 +23,17 @@ __all__ = ["SPACES", "DartsGenotype", "DartsImageNetSupernet", "DartsSupernet", 
 def build_supernet(space: str, channels: int, layers: int, num_classes: int,
                    in_channels: int, **options: Any) -> Supernet:
     """The search supernet of ``space``; ``options`` are construction options every space takes
-    (``partial_channels``, ``edge_norm``: see :mod:`diffnas.spaces.base`), usually a method's
+    (``partial_channels``, ``edge_norm``: see :mod:`diffnas.spaces.base`; ``aux_skip``: DARTS-'
+    auxiliary skip on every edge, :meth:`Supernet.add_aux_skip`), usually a method's
     :meth:`~diffnas.methods.base.SearchMethod.supernet_options`."""
     if space not in SPACES:
         raise unknown("search space", space, SPACES)
-    return SPACES[space](channels=channels, layers=layers, num_classes=num_classes,
-                         in_channels=in_channels, **options)
+    aux_skip = bool(options.pop("aux_skip", False))
+    net = SPACES[space](channels=channels, layers=layers, num_classes=num_classes,
+                        in_channels=in_channels, **options)
+    if aux_skip:
+        net.add_aux_skip()
+    return net
 
 
 def genotype_from_dict(d: dict) -> Genotype:

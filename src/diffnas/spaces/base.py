@@ -70,6 +70,10 @@ class MixedEdge(nn.Module):
     and see only the first C/K channels of ``x``; the other channels bypass them (through a
     2×2 max-pool on a stride-2 edge), and the two parts are concatenated and channel-shuffled
     with K groups (:func:`shuffle_cat`), so the next edge sees a different share of channels.
+
+    :meth:`add_aux_skip` gives the edge DARTS-' auxiliary skip (Chu et al., ICLR 2021): the
+    space's ``skip_connect`` op on all channels (identity, or a FactorizedReduce with its own
+    weights on a stride-2 edge), added as ``aux_scale · skip(x)`` outside the op weights.
     """
 
     def __init__(self, op_names: Sequence[str], factory: Callable[..., nn.Module], c: int,
@@ -82,6 +86,13 @@ class MixedEdge(nn.Module):
         self.op_names = tuple(op_names)
         self.partial_channels, self.stride = k, stride
         self.ops = nn.ModuleList(factory(name, c // k, stride, affine) for name in self.op_names)
+        self._factory, self.c, self.affine = factory, c, affine
+        self.aux: nn.Module | None = None  # DARTS-' auxiliary skip (add_aux_skip)
+        self.aux_scale = 1.0
+
+    def add_aux_skip(self) -> None:
+        """Add DARTS-' auxiliary skip: the space's ``skip_connect`` on the edge's full input."""
+        self.aux = self._factory("skip_connect", self.c, self.stride, self.affine)
 
     def mix(self, x: torch.Tensor, weights: torch.Tensor,
             active: Sequence[int]) -> torch.Tensor | None:
@@ -104,7 +115,7 @@ class MixedEdge(nn.Module):
                 bypass_scale: torch.Tensor | None = None) -> torch.Tensor | None:
         k = self.partial_channels
         if k == 1:
-            return self.mix(x, weights, active)
+            return self.add_aux(x, self.mix(x, weights, active))
         c = x.shape[1] // k
         # a dense channels-last copy of the ops' share (a channel slice of a channels-last
         # tensor is strided, and the ops' kernels would each copy it again)
@@ -116,7 +127,14 @@ class MixedEdge(nn.Module):
             rest = rest * bypass_scale
         if out is None:  # no op active: the op channels are zeros, the bypass still passes
             out = rest.new_zeros(rest.shape[0], c, *rest.shape[-2:])
-        return shuffle_cat(out, rest, k)
+        return self.add_aux(x, shuffle_cat(out, rest, k))
+
+    def add_aux(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor | None:
+        """``out + aux_scale · aux(x)`` with the auxiliary skip (DARTS-), else ``out``."""
+        if self.aux is None or self.aux_scale == 0:
+            return out
+        y = self.aux_scale * self.aux(x)
+        return y if out is None else out + y
 
 
 def shuffle_cat(head: torch.Tensor, rest: torch.Tensor, groups: int) -> torch.Tensor:
@@ -210,6 +228,23 @@ class Supernet(nn.Module):
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
+
+    def mixed_edges(self) -> list[MixedEdge]:
+        return [m for m in self.modules() if isinstance(m, MixedEdge)]
+
+    def add_aux_skip(self) -> None:
+        """Give every edge DARTS-' auxiliary skip (:meth:`MixedEdge.add_aux_skip`); its
+        weights (stride-2 edges) are weight parameters like any op's."""
+        device = next(self.parameters()).device
+        for edge in self.mixed_edges():
+            edge.add_aux_skip()
+            edge.aux.to(device)  # type: ignore[union-attr]
+        self._channels_last()
+
+    def set_aux_scale(self, scale: float) -> None:
+        """β_skip of DARTS-' auxiliary skips (the same on every edge)."""
+        for edge in self.mixed_edges():
+            edge.aux_scale = float(scale)
 
     def useful_ops(self, kind: str) -> list[tuple[int, ...]]:
         """Per edge, every op index except ``none`` (what a full mixed edge computes)."""
