@@ -50,13 +50,17 @@ def test_patchify_round_trip_and_layout():
     assert torch.equal(unpatchify(p, 4, 8, 8), x)
 
 
-@pytest.mark.parametrize("ratio,fill", [(0.6, 0.0), (0.75, 0.0), (0.3, 1.0), (0.0, 0.0)])
-def test_exactly_round_ratio_n_patches_masked_and_nothing_else(ratio, fill):
+@pytest.mark.parametrize("ratio,fill,rounding", [(0.6, 0.0, "nearest"), (0.7, 1.0, "ref"),
+                                                 (0.7, 0.0, "nearest"), (0.4, 1.0, "ref"),
+                                                 (0.3, 1.0, "nearest"), (0.0, 1.0, "ref")])
+def test_exactly_the_counted_patches_masked_and_nothing_else(ratio, fill, rounding):
     x = _batch(8, 3, 16)
     n = 16  # (16 / 4)²
-    xm, mask = mask_images(x, 4, ratio, torch.Generator().manual_seed(1), fill=fill)
-    k = masked_count(ratio, n)
-    assert k == {0.6: 10, 0.75: 12, 0.3: 5, 0.0: 0}[ratio]  # round(ratio·N)
+    xm, mask = mask_images(x, 4, ratio, torch.Generator().manual_seed(1), fill=fill,
+                           rounding=rounding)
+    k = masked_count(ratio, n, rounding)
+    assert k == {(0.6, "nearest"): 10, (0.7, "ref"): 12, (0.7, "nearest"): 11,
+                 (0.4, "ref"): 7, (0.3, "nearest"): 5, (0.0, "ref"): 0}[ratio, rounding]
     px, pm = patchify(x, 4), patchify(xm, 4)
     filled = (pm == fill).all(dim=2)          # patches entirely set to the fill value
     same = (pm == px).all(dim=2)              # patches left exactly as they were
@@ -77,10 +81,39 @@ def test_masking_uses_the_generator_only():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_masked_count_rounds_half_up():
-    assert masked_count(0.5, 9) == 5
-    assert masked_count(0.7, 16) == 11
-    assert masked_count(0.99, 4) == 4
+# (ratio, patches) → (reference: N − ⌊N·(1−r)⌋, nearest: round(r·N) halves up)
+MASKED_COUNTS = {(0.7, 16): (12, 11), (0.6, 16): (10, 10), (0.8, 64): (52, 51),
+                 (0.8, 16): (13, 13), (0.4, 16): (7, 6), (0.3, 64): (20, 19),
+                 (0.6, 49): (30, 29), (0.5, 9): (5, 5), (0.99, 4): (4, 4), (0.0, 16): (0, 0)}
+
+
+@pytest.mark.parametrize("ratio,n", sorted(MASKED_COUNTS))
+def test_masked_count_per_rounding_rule(ratio, n):
+    ref, nearest = MASKED_COUNTS[ratio, n]
+    assert masked_count(ratio, n, "ref") == ref
+    assert masked_count(ratio, n) == ref  # the reference's rule is the default
+    assert masked_count(ratio, n, "nearest") == nearest
+    with pytest.raises(DiffnasError, match="unknown mask rounding rule 'up'"):
+        masked_count(ratio, n, "up")
+
+
+@pytest.mark.parametrize("options,count,fill", [
+    ({}, 12, 1.0),                                   # the reference: 12 of 16, filled with 1.0
+    ({"rounding": "nearest"}, 11, 1.0),
+    ({"fill": 0.0}, 12, 0.0),                        # the paper text's zero
+    ({"fill": "0", "rounding": "nearest"}, 11, 0.0),  # as typed on the command line
+])
+def test_objective_masks_cifar100_as_configured(options, count, fill):
+    torch.manual_seed(0)
+    net = _tiny_net(layers=3)
+    obj = build_objective("mim", net, 3, 32, {"patch_size": 8, "mask_ratio": 0.7, **options})
+    x = torch.randn(5, 3, 32, 32) * 0.1 + 3.0  # no pixel is 0 or 1
+    batch = obj.prepare(x, torch.zeros(5, dtype=torch.long), torch.Generator().manual_seed(2))
+    patches = patchify(batch.x, 8)
+    hidden = (patches == fill).all(dim=2)
+    assert torch.equal(hidden.sum(dim=1), torch.full((5,), count))
+    assert torch.equal(patchify(batch.extra["mask"].float(), 8).bool().all(dim=2), hidden)
+    assert torch.equal(batch.extra["target"], x)
 
 
 # ----------------------------------------------------------------------------- loss (Eq. 6, 7)
@@ -146,8 +179,9 @@ def test_decoder_restores_the_input_size(space, size, in_ch):
 
 @pytest.mark.parametrize("size,reductions", [(28, 3), (28, 2), (32, 3), (9, 3), (7, 1), (5, 0),
                                              (33, 4)])
-def test_decoder_exact_size_for_odd_settings(size, reductions):
-    dec = ReconstructionDecoder(24, 3, reductions)
+@pytest.mark.parametrize("layout", ["ref", "light"])
+def test_decoder_exact_size_for_odd_settings(size, reductions, layout):
+    dec = ReconstructionDecoder(24, 3, reductions, layout=layout)
     s = size
     for _ in range(reductions):
         s = (s + 1) // 2  # the encoder's ceil-mode stride-2 size
@@ -171,12 +205,35 @@ def test_decoder_clamps_to_the_normalised_pixel_range():
     assert torch.allclose(y[0, 1], torch.full((4, 4), -0.5))
 
 
-def test_decoder_is_light_at_the_darts_cifar_config():
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_decoders_at_the_darts_cifar_config():
     net = build_supernet("darts", 16, 8, 10, 3)
-    obj = MIMObjective(net, 3, 32, patch_size=8, mask_ratio=0.6)
-    share = sum(p.numel() for p in obj.parameters()) / sum(
-        p.numel() for p in net.weight_parameters())
-    assert share <= 0.05
+    supernet = sum(p.numel() for p in net.weight_parameters())
+    light = MIMObjective(net, 3, 32, patch_size=8, mask_ratio=0.6, decoder="light")
+    assert _params(light) / supernet <= 0.05
+    ref = MIMObjective(net, 3, 32, patch_size=8, mask_ratio=0.6, decoder="ref")
+    # the reference model_search.Decoder(256) at this config holds 4,018,819 parameters
+    assert abs(_params(ref) - 4_018_819) <= 0.01 * 4_018_819
+    assert _params(MIMObjective(net, 3, 32, patch_size=8, mask_ratio=0.6)) == _params(ref)
+    # its layout: 3×3 256→1024, 1×1 1024→256, stages 256→128→64, 3×3 64→3
+    d = ref.decoder
+    assert (d.spread.in_channels, d.spread.out_channels, d.spread.kernel_size) == (256, 1024,
+                                                                                  (3, 3))
+    assert (d.mix.in_channels, d.mix.out_channels, d.mix.kernel_size) == (1024, 256, (1, 1))
+    assert [(s.up.in_channels, s.up.out_channels) for s in d.stages] == [(256, 128), (128, 64)]
+    assert (d.out.in_channels, d.out.out_channels) == (64, 3)
+
+
+def test_reference_decoder_has_one_stage_per_reduction():
+    dec = ReconstructionDecoder(64, 1, 3, layout="ref")  # e.g. a stride-8 encoder
+    assert [(s.up.in_channels, s.up.out_channels) for s in dec.stages] == [(64, 32), (32, 16),
+                                                                            (16, 8)]
+    assert dec(torch.randn(2, 64, 4, 4), (28, 28)).shape == (2, 1, 28, 28)  # 28→14→7→4
+    with pytest.raises(DiffnasError, match="decoder_width applies to decoder=light only"):
+        ReconstructionDecoder(64, 1, 3, width=16, layout="ref")
 
 
 # ------------------------------------------------------------------------------------ variants
@@ -217,7 +274,10 @@ def test_each_variant_has_exactly_its_loss_terms(variant):
     ({"mask_ratio": -0.1}, r"mask ratio must be in \[0, 1\)"),
     ({"patch_size": 5}, r"patch size 5 does not divide the 16×16 images; use one of 1, 2, 4, 8"),
     ({"variant": "nope"}, r"unknown mim variant 'nope'; valid: cls, cls\+rec-masked, "),
-    ({"bogus": 1}, r"objective 'mim' has no option bogus; valid: decoder_width, fill, mask_ratio"),
+    ({"bogus": 1}, r"objective 'mim' has no option bogus; valid: decoder, decoder_width, fill, "
+                   r"mask_ratio, patch_size, rounding, variant"),
+    ({"decoder": "big"}, r"unknown mim decoder 'big'; valid: light, ref"),
+    ({"rounding": "up"}, r"unknown mim rounding rule 'up'; valid: nearest, ref"),
     ({"decoder_width": -1}, r"decoder_width must be >= 0"),
 ])
 def test_bad_options_fail_at_construction(options, match):
@@ -245,13 +305,15 @@ def test_semantic_method_and_presets():
     c10 = resolve_config("semantic-cifar10")
     assert (c10.method, c10.dataset, c10.epochs, c10.layers, c10.channels) == (
         "semantic", "cifar10", 50, 8, 16)
-    assert c10.objective_args == {"patch_size": 8, "mask_ratio": 0.6}
+    reference = {"decoder": "ref", "fill": 1.0, "rounding": "ref"}
+    assert c10.objective_args == {"patch_size": 8, "mask_ratio": 0.6, **reference}
     assert resolve_config("semantic-cifar100").objective_args == {"patch_size": 8,
-                                                                  "mask_ratio": 0.7}
+                                                                  "mask_ratio": 0.7, **reference}
     ref = resolve_config("semantic-ref").objective_args
-    assert (ref["patch_size"], ref["mask_ratio"], ref["fill"]) == (4, 0.8, 1.0)
+    assert ref == {"patch_size": 4, "mask_ratio": 0.8, **reference}
     cpu = resolve_config("semantic-cpu")
     assert cpu.dataset == "fashion-mnist" and 28 % cpu.objective_args["patch_size"] == 0
+    assert cpu.objective_args["decoder"] == "light"
 
 
 def test_second_order_step_restores_the_decoder_statistics():

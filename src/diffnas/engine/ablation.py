@@ -9,7 +9,10 @@ variant of the MIM objective, all on the same data and seed, and a table of thei
 ones resumed, so the command can simply be run again after a crash.
 
 Every variant draws the same random numbers per batch (the MIM objective draws its patch
-noise even when it does not mask), so all variants see identical augmented batches.
+noise even when it does not mask), so all variants with the same augmentation see identical
+batches. The reconstruction-only variants (``rec-clean``, ``rec-masked``) search without
+crop/flip/cutout, as the reference code does: each variant declares its config changes
+(:func:`diffnas.objectives.mim.variant_config_changes`), and its ``config.json`` records them.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from ..config import SearchConfig
 from ..errors import DiffnasError, unknown
-from ..objectives.mim import VARIANTS
+from ..objectives.mim import VARIANTS, variant_config_changes
 from .runfolder import RunFolder, atomic_write_text
 from .search import search
 
@@ -45,23 +48,28 @@ class AblationRow:
     genotype: str
     skip_count: int
     param_free_count: int
-    alpha_std: float
+    alpha_std: float             # Σ over all edges (normal and reduce) of the α-weight std
+    alpha_std_normal: float      # the same over the normal cell only (Fig. 9)
     search_loss: float           # the variant's own training loss, mean over the last epoch
     search_acc: float | None     # train accuracy of the last epoch (None: no classifier loss)
     val_acc: float               # supernet classifier on the clean val split
     val_loss: float
+    val_masked_acc: float | None  # ... on the masked val split (None: unmasked variant)
+    augment: bool                # searched with the config's crop/flip/cutout
     run_dir: str
     retrain_acc: float | None = None
 
 
 def variant_config(cfg: SearchConfig, variant: str) -> SearchConfig:
-    """``cfg`` with the MIM objective set to ``variant`` (its other MIM options kept)."""
+    """``cfg`` with the MIM objective set to ``variant`` (its other MIM options kept) and the
+    config changes the variant declares (no augmentation for the rec-* variants)."""
     if variant not in VARIANTS:
         raise unknown("ablation variant", variant, VARIANTS)
     if cfg.objective not in (None, "mim"):
         raise DiffnasError(f"the ablation varies the mim objective, but the config asks for "
                            f"objective {cfg.objective!r}; leave --objective out")
-    return cfg.replace(objective="mim", objective_args={**cfg.objective_args, "variant": variant})
+    return cfg.replace(objective="mim", objective_args={**cfg.objective_args, "variant": variant},
+                       **variant_config_changes(variant))
 
 
 def _row(variant: str, run: RunFolder) -> AblationRow:
@@ -72,9 +80,13 @@ def _row(variant: str, run: RunFolder) -> AblationRow:
     return AblationRow(
         variant=variant, loss=VARIANT_TERMS[variant], genotype=last["genotype_str"],
         skip_count=int(last["skip_count"]), param_free_count=int(last["param_free_count"]),
-        alpha_std=float(last["alpha_std"]), search_loss=float(last["train_loss"]),
+        alpha_std=float(last["alpha_std"]),
+        alpha_std_normal=float(last.get("alpha_std_normal", "nan")),
+        search_loss=float(last["train_loss"]),
         search_acc=last.get("train_acc") if VARIANTS[variant].classify else None,
-        val_acc=float(last["val_acc"]), val_loss=float(last["val_loss"]), run_dir=str(run.path))
+        val_acc=float(last["val_acc"]), val_loss=float(last["val_loss"]),
+        val_masked_acc=last.get("val_masked_acc"), augment=VARIANTS[variant].augment,
+        run_dir=str(run.path))
 
 
 def _finished(run: RunFolder, cfg: SearchConfig) -> bool:
@@ -151,22 +163,29 @@ def ablation_markdown(rows: Sequence[AblationRow], cfg: SearchConfig) -> str:
             + f", {cfg.epochs} epochs, {cfg.layers} cells × {cfg.channels} channels, batch "
             f"{cfg.batch_size}, seed {cfg.seed}, mim options {mim or 'default'}.")
     retrained = any(r.retrain_acc is not None for r in rows)
-    cols = ["Variant", "Loss", "Skips", "Param-free", "α-std", "Search loss",
-            "Search acc (%)", "Val acc (%)", "Val CE"]
+    cols = ["Variant", "Loss", "Crop/flip", "Skips", "Param-free", "α-std normal", "α-std all",
+            "Search loss", "Search acc (%)", "Val acc masked (%)", "Val acc clean (%)",
+            "Val CE clean"]
     cols += ["Retrained acc (%)"] if retrained else []
     cols += ["Genotype"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        cells = [f"`{r.variant}`", r.loss, str(r.skip_count), str(r.param_free_count),
-                 f"{r.alpha_std:.4f}", f"{r.search_loss:.4f}", _cell(r.search_acc, 2, 100),
-                 _cell(r.val_acc, 2, 100), f"{r.val_loss:.4f}"]
+        cells = [f"`{r.variant}`", r.loss, "yes" if r.augment else "no", str(r.skip_count),
+                 str(r.param_free_count), f"{r.alpha_std_normal:.4f}", f"{r.alpha_std:.4f}",
+                 f"{r.search_loss:.4f}", _cell(r.search_acc, 2, 100),
+                 _cell(r.val_masked_acc, 2, 100), _cell(r.val_acc, 2, 100),
+                 f"{r.val_loss:.4f}"]
         cells += [_cell(r.retrain_acc, 2, 100)] if retrained else []
         cells += ["`" + r.genotype.replace("|", "\\|") + "`"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Search loss/acc: the variant's own objective on the (masked, for masked "
-              "variants) training batches, mean over the last epoch. Val acc/CE: the supernet's "
-              "classifier on the clean validation split; the rec-* variants never train it, so "
-              "theirs is chance level."]
+              "variants) training batches, mean over the last epoch. Val acc masked/clean: the "
+              "supernet's classifier on the validation split with the variant's masking (the "
+              "reference's number; – for unmasked variants) and on clean images; the rec-* "
+              "variants never train it, so theirs is chance level. α-std: Σ over edges of the "
+              "std of each edge's softmax(α), over the normal cell (Fig. 9) and over both "
+              "cells. Crop/flip: the rec-* variants search without augmentation, as the "
+              "reference code does."]
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,7 @@ import math
 import resource
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,8 @@ def build_search(cfg: SearchConfig, in_channels: int, image_size: int, num_class
     space (reconstruction range, colour bins); None means pixels in [0, 1]."""
     torch.manual_seed(cfg.seed)
     method_cls = get_method(cfg.method)
-    net = build_supernet(cfg.space, cfg.channels, cfg.layers, num_classes, in_channels).to(device)
+    net = build_supernet(cfg.space, cfg.channels, cfg.layers, num_classes, in_channels,
+                         **method_cls.supernet_options(cfg)).to(device)
     mean, std = stats if stats is not None else (None, None)
     objective = build_objective(cfg.objective or method_cls.default_objective, net, in_channels,
                                 image_size, cfg.objective_args, mean=mean, std=std).to(device)
@@ -94,8 +95,15 @@ def extra_epoch_metrics(space: str, genotype: Genotype, run: RunFolder) -> dict[
 
 
 def alpha_std(weights: dict[str, torch.Tensor]) -> float:
-    """Σ over edges of the std of the edge's op weights (Semantic-DARTS Fig. 9 collapse measure)."""
+    """Σ over the edges of every cell kind of the std of the edge's op weights (metric
+    ``alpha_std``: a collapse measure, larger when α picks clear winners)."""
     return float(sum(w.float().std(dim=1, unbiased=False).sum() for w in weights.values()))
+
+
+def alpha_std_normal(weights: dict[str, torch.Tensor]) -> float:
+    """:func:`alpha_std` over the normal cells only (every kind but ``reduce``; NAS-Bench-201's
+    one cell kind): the quantity of Semantic-DARTS Fig. 9 (metric ``alpha_std_normal``)."""
+    return alpha_std({k: w for k, w in weights.items() if k != "reduce"})
 
 
 class _Meter:
@@ -195,23 +203,30 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
                 bar.set_postfix(loss=f"{stats.get('loss', math.nan):.3f}",
                                 acc=f"{stats.get('acc', 0):.3f}",
                                 epoch=epoch)
-            eval_loss, eval_acc = evaluate(net, evaluation, aug)
+            evals = evaluate_views(net, evaluation, aug, objective.eval_views, cfg.seed)
+            eval_loss, eval_acc = evals.pop("")
             genotype = method.derive()
             weights = method.alpha_weights()
+            betas = net.beta_weights()  # edge normalisation (PC-DARTS), when on
             elapsed += time.perf_counter() - t0
             record = {
                 "epoch": epoch, "lr": method.w_opt.param_groups[0]["lr"],
                 **{f"train_{k}" if not k.startswith("val") else f"search_{k}": v
                    for k, v in meter.means().items()},
                 "val_loss": eval_loss, "val_acc": eval_acc,
+                **{f"val_{v}_{k}": x for v, (loss, acc) in evals.items()
+                   for k, x in (("loss", loss), ("acc", acc))},
                 "genotype": genotype.to_dict(), "genotype_str": str(genotype),
                 "skip_count": genotype.skip_count, "param_free_count": genotype.param_free_count,
-                "alpha_std": alpha_std(weights),
+                "alpha_std": alpha_std(weights), "alpha_std_normal": alpha_std_normal(weights),
                 "alpha": {k: [[round(float(v), 5) for v in row] for row in w.cpu()]
                           for k, w in weights.items()},
+                **({"beta": {k: [round(float(v), 5) for v in b.cpu()] for k, b in betas.items()}}
+                   if betas else {}),
                 "epoch_time_s": time.perf_counter() - t0, "elapsed_s": elapsed,
                 "peak_mem_gib": peak_memory_gib(device),
                 **extra_epoch_metrics(cfg.space, genotype, run),
+                **method.epoch_metrics(),
             }
             run.end_epoch(cfg, epoch, elapsed, record, model=net.state_dict(),
                           objective=objective.state_dict(), method=method.state_dict())
@@ -229,23 +244,44 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
         bar.close()
     summary = {"genotype": genotype.to_dict(), "genotype_str": str(genotype),
                "epochs": cfg.epochs, "final_val_acc": record.get("val_acc"),
-               "final_val_loss": record.get("val_loss"), "search_time_s": elapsed,
+               "final_val_loss": record.get("val_loss"),
+               **{f"final_{k}": v for k, v in record.items() if k.startswith("val_")
+                  and k not in ("val_acc", "val_loss")},  # the objective's views (masked)
+               **method.epoch_metrics(), "search_time_s": elapsed,
                "peak_mem_gib": peak_memory_gib(device), "run_dir": str(run.path)}
     run.write_json("genotype.json", genotype.to_dict())
     run.write_json("result.json", summary)
     return SearchResult(genotype, run.path, record, history)
 
 
+ViewFn = Callable[[torch.Tensor, torch.Generator], dict[str, torch.Tensor]]
+
+
 @torch.no_grad()
-def evaluate(net: torch.nn.Module, stream: BatchStream, aug: BatchAugment) -> tuple[float, float]:
-    """Loss and accuracy of the supernet (eval mode) over a whole split."""
+def evaluate_views(net: torch.nn.Module, stream: BatchStream, aug: BatchAugment,
+                   views: ViewFn | None = None, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Loss and accuracy of the supernet's classifier (eval mode) over a whole split: ``""``
+    on the clean images, and on every view ``views(x, generator)`` makes of them (an
+    objective's :meth:`~diffnas.objectives.base.Objective.eval_views`, e.g. ``masked``). The
+    views draw from one generator seeded with ``seed``, so every call sees the same views."""
     net.eval()
-    total, loss_sum, correct = 0, 0.0, 0.0
+    gen = torch.Generator().manual_seed(seed)
+    sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    sums[""] = [0.0, 0.0]  # the clean entry exists even for an empty split
+    total = 0
     for x, y in stream.epoch(0):
-        logits = net(aug(x, train=False))
-        n = len(y)
-        loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-        correct += accuracy(logits, y) * n
-        total += n
+        clean = aug(x, train=False)
+        inputs = {"": clean, **(views(clean, gen) if views is not None else {})}
+        for name, inp in inputs.items():
+            logits = net(inp)
+            sums[name][0] += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+            sums[name][1] += accuracy(logits, y) * len(y)
+        total += len(y)
     net.train()
-    return loss_sum / max(1, total), correct / max(1, total)
+    n = max(1, total)
+    return {name: (loss / n, correct / n) for name, (loss, correct) in sums.items()}
+
+
+def evaluate(net: torch.nn.Module, stream: BatchStream, aug: BatchAugment) -> tuple[float, float]:
+    """Loss and accuracy of the supernet (eval mode) over a whole split of clean images."""
+    return evaluate_views(net, stream, aug)[""]

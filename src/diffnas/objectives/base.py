@@ -53,6 +53,13 @@ class Objective(nn.Module):
                 generator: torch.Generator | None = None) -> Batch:
         return Batch(x, y)
 
+    def eval_views(self, x: torch.Tensor,
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Other views of clean validation images ``x`` on which the search also validates the
+        supernet's classifier, by name (logged as ``val_<name>_acc``/``val_<name>_loss``
+        beside the clean ``val_acc``/``val_loss``); none by default."""
+        return {}
+
     def forward(self, model: nn.Module, batch: Batch) -> LossOutput:
         logits = model(batch.x)
         loss = F.cross_entropy(logits, batch.y)
