@@ -12,7 +12,15 @@ from diffnas.cli import main
 from diffnas.config import resolve_config
 from diffnas.engine import ablation as ablation_mod
 from diffnas.engine.ablation import ablation_markdown, run_ablation
-from diffnas.engine.search import build_search, search
+from diffnas.data import BatchAugment, BatchStream
+from diffnas.engine.ablation import variant_config
+from diffnas.engine.search import (
+    alpha_std,
+    alpha_std_normal,
+    build_search,
+    evaluate_views,
+    search,
+)
 from diffnas.errors import DiffnasError
 from diffnas.methods import METHODS
 from diffnas.objectives import build_objective
@@ -348,6 +356,10 @@ def test_ablation_runs_every_variant_end_to_end(tiny_cfg, tmp_path, monkeypatch)
         config = json.loads((run / "config.json").read_text())
         assert config["objective"] == "mim"
         assert config["objective_args"]["variant"] == r.variant
+        augment = r.variant not in ("rec-clean", "rec-masked")  # the reference's rule
+        assert r.augment == augment
+        assert (config["crop_padding"], config["flip"]) == ((1, None) if augment else (0, False))
+        assert ("val_masked_acc" in record) == VARIANTS[r.variant].masked
         assert str(parse_genotype(str(run))) == r.genotype
         assert (r.search_acc is None) == (not VARIANTS[r.variant].classify)
     table = (tmp_path / "abl" / "ablation.md").read_text()
@@ -399,3 +411,71 @@ def test_ablation_retrains_when_asked(tiny_cfg, tmp_path):
                         .read_text())
     assert result["test_acc"] == acc
     assert "Retrained acc (%)" in (tmp_path / "abl" / "ablation.md").read_text()
+
+
+def test_reconstruction_only_variants_declare_no_augmentation(tiny_cfg):
+    cfg = tiny_cfg(method="semantic", crop_padding=2, flip=True, cutout=4,
+                   objective_args={"patch_size": 4})
+    for name, mode in VARIANTS.items():
+        v = variant_config(cfg, name)
+        assert mode.augment == (name not in ("rec-clean", "rec-masked"))
+        aug = (v.crop_padding, v.flip, v.cutout)
+        assert aug == ((2, True, 4) if mode.augment else (0, False, 0))
+        assert v.objective_args == {"patch_size": 4, "variant": name}
+
+
+# ------------------------------------------------------------------------ search metrics
+def test_alpha_std_total_and_normal_cell_only():
+    one_hot, uniform = [1.0, 0.0, 0.0, 0.0], [0.25] * 4
+    edge = 3 ** 0.5 / 4  # population std of a one-hot row of 4
+    weights = {"normal": torch.tensor([one_hot, uniform, one_hot]),
+               "reduce": torch.tensor([one_hot, one_hot, one_hot, uniform])}
+    assert alpha_std_normal(weights) == pytest.approx(2 * edge)
+    assert alpha_std(weights) == pytest.approx(5 * edge)
+    nb201 = {"cell": torch.tensor([one_hot, uniform])}  # one cell kind: all of it is normal
+    assert alpha_std_normal(nb201) == alpha_std(nb201) == pytest.approx(edge)
+
+
+def test_search_logs_both_alpha_stds_and_masked_and_clean_val_acc(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(method="semantic", image_size=16, subset=64, epochs=1,
+                   objective_args={"patch_size": 4, "mask_ratio": 0.6})
+    result = search(cfg, out=tmp_path / "s", progress=False)
+    record = result.history[-1]
+    weights = {k: torch.tensor(v) for k, v in record["alpha"].items()}
+    assert record["alpha_std_normal"] == pytest.approx(alpha_std({"normal": weights["normal"]}),
+                                                       abs=1e-4)
+    assert record["alpha_std"] == pytest.approx(alpha_std(weights), abs=1e-4)
+    for key in ("val_acc", "val_loss", "val_masked_acc", "val_masked_loss"):
+        assert 0.0 <= record[key] < float("inf")
+    assert record["val_masked_loss"] != record["val_loss"]  # other inputs, other losses
+    summary = json.loads((result.run_dir / "result.json").read_text())
+    assert summary["final_val_masked_acc"] == record["val_masked_acc"]
+    assert summary["final_val_acc"] == record["val_acc"]
+
+
+class _MeanSign(torch.nn.Module):
+    """Predicts class 1 when an image's mean is below 0.5, else class 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([m - 0.5, 0.5 - m], dim=1) * 100
+
+
+@pytest.mark.parametrize("ratio,fill,masked_acc", [(0.75, 1.0, 0.0), (0.75, 0.0, 1.0),
+                                                   (0.0, 1.0, 1.0)])
+def test_masked_val_accuracy_differs_from_clean_when_masking_matters(ratio, fill, masked_acc):
+    images = torch.zeros(12, 1, 8, 8, dtype=torch.uint8)  # black: normalised 0, mean < 0.5
+    labels = torch.ones(12, dtype=torch.long)
+    stream = BatchStream(images, labels, None, 5, seed=0, drop_last=False)
+    aug = BatchAugment((0.0,), (1.0,))
+    obj = build_objective("mim", _tiny_net(in_channels=1), 1, 8,
+                          {"patch_size": 2, "mask_ratio": ratio, "fill": fill})
+    out = evaluate_views(_MeanSign(), stream, aug, obj.eval_views, seed=3)
+    assert set(out) == {"", "masked"}
+    assert out[""][1] == 1.0                  # clean: all right
+    assert out["masked"][1] == masked_acc     # 12 of 16 patches white: all wrong
+    again = evaluate_views(_MeanSign(), stream, aug, obj.eval_views, seed=3)
+    assert again == out                       # the same masks every evaluation
+    clean_only = build_objective("mim", _tiny_net(in_channels=1), 1, 8,
+                                 {"variant": "cls", "patch_size": 2})
+    assert set(evaluate_views(_MeanSign(), stream, aug, clean_only.eval_views)) == {""}
