@@ -92,9 +92,9 @@ def child_flops(c: dict[str, int], n: int) -> dict:
             out["darts_flops"] = count_flops(lambda m=m: m.step(batch(), batch()))
             continue
         m.step(batch(), batch())  # step 0: builds E (from the initial α), separate learning
-        assert m.phase() == "separate" and not m.cycle_start()
+        assert m.cycle_phase() == "separate" and not m.cycle_start()
         out["separate_flops"] = count_flops(lambda m=m: m.step(batch(), batch()))
-        assert m.phase() == "joint"
+        assert m.cycle_phase() == "joint"
         out["joint_flops"] = count_flops(lambda m=m: m.step(batch(), batch()))
         out["e_genotype"] = str(m.eval_genotype)  # E's cost depends on its genotype
         times = []

@@ -1,6 +1,8 @@
-"""CDARTS (cyclic search with an evaluation network): weight inheritance of E, the
-introspective distillation (Eq. 9-10), which optimiser moves what (Eq. 6-8), the λ' schedule
-(Eq. 11), Algorithm 1's phases, ablations, bad options, resume and end-to-end searches."""
+"""CDARTS (cyclic search with an evaluation network): E's width, its weight-sharing pool
+(§3.2), a connected E in NAS-Bench-201, the result (final α) beside E's genotype, the
+ImageNet-shaped search, the introspective distillation (Eq. 9-10), which optimiser moves what
+(Eq. 6-8), the λ' schedule (Eq. 11), Algorithm 1's phases, ablations, bad options, resume and
+end-to-end searches."""
 
 from __future__ import annotations
 
@@ -18,25 +20,33 @@ from diffnas.config import SearchConfig, resolve_config
 from diffnas.engine.search import build_search, search
 from diffnas.errors import DiffnasError
 from diffnas.methods.base import frozen
-from diffnas.methods.cdarts import CDARTS, distillation_loss, l1_schedule
-from diffnas.nets import build_network, load_shared
+from diffnas.methods.cdarts import (
+    CDARTS,
+    PATHS,
+    connect,
+    connected,
+    distillation_loss,
+    l1_schedule,
+)
+from diffnas.nets import NetworkCIFAR, NetworkImageNet, build_network, load_shared
 from diffnas.objectives import OBJECTIVES
-from diffnas.spaces import NB201Genotype
+from diffnas.spaces import NB201Genotype, genotype_from_dict
+from diffnas.spaces.nb201 import EDGES, OPS
 
 
 def small(tiny_cfg, space: str = "darts", **kw: Any):
-    """A 3-cell (DARTS) / N=1 (NB201) search and a 3-cell / N=1 evaluation network on 8×8;
-    ``kw`` holds config fields and method options."""
+    """A 3-cell (DARTS) / N=1 (NB201) search and a 3-cell / N=1 evaluation network on 8×8,
+    E as wide as S; ``kw`` holds config fields and method options."""
     fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    layers = 3 if space == "darts" else 1
-    opts = {"e_layers": layers, "e_channels": 4, "s_e": 0.5, "s_u": 0.5,
+    layers = 1 if space == "nb201" else 3
+    opts = {"e_layers": layers, "s_e": 0.5, "s_u": 0.5,
             **{k: v for k, v in kw.items() if k not in fields}}
     return tiny_cfg(method="cdarts", space=space, layers=layers, method_args=opts,
                     **{k: v for k, v in kw.items() if k in fields})
 
 
-def build(cfg, steps_per_epoch: int = 4) -> tuple[Any, Any, CDARTS]:
-    net, obj, method = build_search(cfg, 1, 8, 10, steps_per_epoch, torch.device("cpu"))
+def build(cfg, steps_per_epoch: int = 4, size: int = 8) -> tuple[Any, Any, CDARTS]:
+    net, obj, method = build_search(cfg, 1, size, 10, steps_per_epoch, torch.device("cpu"))
     assert isinstance(method, CDARTS)
     method.begin_epoch(0)
     return net, obj, method
@@ -60,9 +70,11 @@ def same(a, b) -> bool:
 def test_rebuilt_eval_net_keeps_shared_weights_bit_identical_and_inits_the_rest(tiny_cfg):
     net, obj, m = build(small(tiny_cfg))
     m.step(batch(obj, 0), batch(obj, 1))           # builds E, one separate-learning step
-    assert m.phase(0) == "separate" and m.eval_net is not None
+    assert m.cycle_phase(0) == "separate" and m.eval_net is not None
     old_gen, old = m.eval_genotype, {k: v.clone() for k, v in m.eval_net.state_dict().items()}
-    assert not m.refresh_eval()                     # same α: E is kept
+    assert not m.refresh_eval()                     # same α: the same genotype, and E is
+    for k, v in m.eval_net.state_dict().items():   # rebuilt with every weight from the pool
+        assert torch.equal(v, old[k]), k
     op = "sep_conv_3x3" if old_gen.normal[0] != ("sep_conv_3x3", 0) else "dil_conv_3x3"
     with torch.no_grad():                           # edge 0→2 of the normal cell takes `op`
         net.alphas["normal"][0, net.op_names.index(op)] = 10.0
@@ -95,6 +107,133 @@ def test_nb201_eval_net_shares_an_edge_only_with_the_same_op():
     copied = load_shared(nb, na)
     assert any("1~2_nor_conv_3x3" in k for k in copied)
     assert not any("0~1" in k for k in copied)      # 0→1 changed op: not even its BN is shared
+
+
+# ------------------------------------------------------- E's width and weight-sharing pool (§3.2)
+def test_eval_net_is_as_wide_as_the_search_network_unless_e_channels_says(tiny_cfg):
+    for opts, width in (({}, 6), ({"e_channels": 10}, 10)):
+        net, obj, m = build(small(tiny_cfg, channels=6, **opts))
+        m.step(batch(obj, 0), batch(obj, 1))
+        assert isinstance(m.eval_net, NetworkCIFAR) and m.eval_net.channels == width
+    cfg = resolve_config("cdarts-cifar10")          # the paper's CIFAR widths: S 8×16, E 20×16
+    assert cfg.channels == 16 and cfg.method_args["e_layers"] == 20
+    assert cfg.method_args.get("e_channels", 0) == 0  # 0: S's width
+
+
+def test_an_op_that_leaves_e_and_comes_back_returns_with_its_trained_weights(tiny_cfg):
+    net, obj, m = build(small(tiny_cfg))
+    names = net.op_names
+
+    def pick(op: str) -> str:                       # edge 0→2 of the normal cell takes `op`
+        with torch.no_grad():
+            net.alphas["normal"][0] = 0.0
+            net.alphas["normal"][0, names.index(op)] = 10.0
+        return f"cells.0.nodes.0.0.{op}."           # its parameters in E (cell 0 is normal)
+
+    def of(prefix: str, state) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in state.items() if k.startswith(prefix)}
+
+    sep = pick("sep_conv_3x3")
+    m.step(batch(obj, 0), batch(obj, 1))            # E built with sep_conv_3x3 on 0→2 ...
+    init = of(sep, m.eval_net.state_dict())
+    for i in range(3):                              # ... and trained
+        m.separate_step(batch(obj, 10 + i))
+    trained = of(sep, m.eval_net.state_dict())
+    assert trained and not all(torch.equal(trained[k], init[k]) for k in trained)
+    dil = pick("dil_conv_3x3")
+    assert m.refresh_eval()                         # sep_conv_3x3 leaves E ...
+    assert not of(sep, m.eval_net.state_dict()) and of(dil, m.eval_net.state_dict())
+    assert all(torch.equal(m.e_pool[k], v) for k, v in trained.items())  # ... the pool keeps it
+    m.separate_step(batch(obj, 20))                 # E trains without it
+    pick("sep_conv_3x3")
+    assert m.refresh_eval()                         # ... and it comes back, trained
+    back = of(sep, m.eval_net.state_dict())
+    assert back.keys() == trained.keys()
+    for k, v in back.items():
+        assert torch.equal(v, trained[k]), k
+    assert of(dil, m.e_pool)                        # now the pool holds dil_conv_3x3's weights
+
+
+# ------------------------------------------------------------ a connected E in NAS-Bench-201
+def test_connected_and_connect_on_nas_bench_201_cells():
+    none = NB201Genotype(("none",) * len(EDGES))
+    assert len(PATHS) == 4 and not connected(none)
+    assert connected(NB201Genotype.parse("|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|"))
+    # 0→1 and 2→3 carry ops, but node 1 does not reach 3 and nothing reaches 2
+    assert not connected(NB201Genotype.parse(
+        "|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|nor_conv_3x3~2|"))
+    w = torch.full((len(EDGES), len(OPS)), 0.1)
+    w[:, OPS.index("none")] = 0.6                   # none is the argmax on every edge
+    e01, e13 = EDGES.index((0, 1)), EDGES.index((1, 3))
+    w[e01, OPS.index("nor_conv_3x3")] = 0.35        # 0→1→3 (0.35²) is likelier than 0→3 (0.1)
+    w[e13, OPS.index("nor_conv_1x1")] = 0.35
+    g = connect(none, w, OPS)
+    assert connected(g) and (g.ops[e01], g.ops[e13]) == ("nor_conv_3x3", "nor_conv_1x1")
+    assert sum(o != "none" for o in g.ops) == 2     # only that path's edges changed
+    w[EDGES.index((0, 3)), OPS.index("skip_connect")] = 0.5   # now the direct edge is likelier
+    assert connect(none, w, OPS).ops == tuple("skip_connect" if e == EDGES.index((0, 3))
+                                              else "none" for e in range(len(EDGES)))
+    assert connect(g, w, OPS) == g                  # a connected cell stays as it is
+
+
+def test_eval_net_computes_when_alpha_says_none_everywhere_and_the_result_warns(tiny_cfg):
+    net, obj, m = build(small(tiny_cfg, "nb201"))
+    with torch.no_grad():
+        net.alphas["cell"][:, OPS.index("none")] = 5.0
+    derived = m.discretise()
+    assert derived == NB201Genotype(("none",) * len(EDGES)) and not connected(derived)
+    m.step(batch(obj, 0), batch(obj, 1))            # builds E
+    assert connected(m.eval_genotype)
+    x = batch(obj, 2).x
+    dead = build_network(derived, channels=4, layers=1, in_channels=1, input_size=8).eval()
+    with torch.no_grad():
+        assert torch.allclose(dead(x), dead(x)[:1].expand(len(x), -1))  # the same for any image
+        m.eval_net.eval()
+        out = m.eval_net(x)
+    assert not torch.allclose(out, out[:1].expand(len(x), -1))  # E's output depends on x
+    assert m.derive() == derived                    # the result is what α says ...
+    assert m.epoch_metrics()["genotype_connected"] is False
+    m.global_step = m.cfg.epochs * m.steps_per_epoch
+    with pytest.warns(RuntimeWarning, match="no path from the cell's input to its output"):
+        assert m.derive() == derived                # ... with a warning at the end
+
+
+# ------------------------------------------------------------- the result and E's genotype
+def test_result_is_the_final_alpha_and_e_genotype_is_recorded_apart(tiny_cfg):
+    net, obj, m = build(small(tiny_cfg))
+    m.step(batch(obj, 0), batch(obj, 1))
+    built = m.eval_genotype
+    op = "sep_conv_5x5" if built.normal[0][0] != "sep_conv_5x5" else "dil_conv_5x5"
+    with torch.no_grad():                           # α moves after E's last rebuild
+        net.alphas["normal"][0, net.op_names.index(op)] = 10.0
+    assert m.derive() == m.discretise() != built and m.derive().normal[0] == (op, 0)
+    rec = m.epoch_metrics()
+    assert rec["eval_genotype"] == built.to_dict() and rec["eval_genotype_str"] == str(built)
+    assert rec["genotype_connected"] is True
+
+
+# --------------------------------------------------------------------------- ImageNet search
+def test_imagenet_search_has_imagenet_shaped_s_and_e(tiny_cfg):
+    net, obj, m = build(small(tiny_cfg, "darts-imagenet"), size=32)
+    m.step(batch(obj, 0, 32), batch(obj, 1, 32))    # separate learning
+    assert isinstance(m.eval_net, NetworkImageNet) and len(m.eval_net.cells) == 3
+    assert m.eval_net.channels == net.channels == 4
+    m.step(batch(obj, 2, 32), batch(obj, 3, 32))
+    stats = m.step(batch(obj, 4, 32), batch(obj, 5, 32))  # a joint step: all stages distil
+    assert stats["arch_distill"] > 0 and len(m.eval_net.stage_channels) == 3
+
+
+def test_imagenet_preset_follows_the_reference_script():
+    cfg = resolve_config("cdarts-imagenet", dataset="digits", device="cpu")
+    o = cfg.method_args
+    assert (cfg.space, cfg.epochs, cfg.batch_size, cfg.channels, cfg.layers) == \
+        ("darts-imagenet", 130, 1024, 16, 8)
+    assert cfg.w_weight_decay == cfg.a_weight_decay == 1e-5 and cfg.w_lr == o["e_lr"] == 0.8
+    assert (o["warmup_epochs"], o["s_e"], o["s_u"], o["e_layers"], o.get("e_channels", 0)) == \
+        (10, 3.0, 1.0, 14, 0)
+    _, _, m = build(cfg, steps_per_epoch=1)         # 10 warm-up epochs, 30 cycles of 3 + 1
+    assert [m.cycle_phase(i) for i in range(130)] == \
+        ["warmup"] * 10 + (["separate"] * 3 + ["joint"]) * 30
 
 
 # --------------------------------------------------------------------- distillation (Eq. 9-10)
@@ -145,7 +284,7 @@ def test_phases_follow_algorithm_1(tiny_cfg):
     # 4 steps per epoch: warm-up 1 epoch, then cycles of S_E = 2 and S_U = 1 steps
     net, obj, m = build(small(tiny_cfg, "nb201", epochs=3, s_e=0.5, s_u=0.25, warmup_epochs=1))
     want = ["warmup"] * 4 + ["separate", "separate", "joint"] * 2 + ["separate", "separate"]
-    assert [m.phase(i) for i in range(12)] == want
+    assert [m.cycle_phase(i) for i in range(12)] == want
     a0 = snapshot(m.a_params)
     for i in range(6):
         m.step(batch(obj, 2 * i), batch(obj, 2 * i + 1))
@@ -160,7 +299,7 @@ def test_phases_follow_algorithm_1(tiny_cfg):
 def test_s_alone_ablation_has_no_eval_net_and_adds_l1(tiny_cfg):
     net, obj, m = build(small(tiny_cfg, variant="s"))
     stats = m.step(batch(obj, 0), batch(obj, 1))
-    assert m.eval_net is None and m.s_heads is None and m.phase() == "search"
+    assert m.eval_net is None and m.s_heads is None and m.cycle_phase() == "search"
     assert stats["arch_l1"] > 0 and m.derive() == m.discretise()
 
 
@@ -217,8 +356,17 @@ def test_search_runs_end_to_end_on_digits(tiny_cfg, tmp_path, space):
     assert len(res.history) == 2
     assert "train_e_sep_loss" in res.history[0] and "train_arch_distill" in res.history[0]
     assert res.genotype.to_dict() == json.loads((tmp_path / space / "genotype.json").read_text())
-    state = torch.load(tmp_path / space / "checkpoint.pt", weights_only=True)["method"]
-    assert state["eval_genotype"] == res.genotype.to_dict()  # the result is E's genotype
+    ckpt = torch.load(tmp_path / space / "checkpoint.pt", weights_only=True)
+    # the result is the discretisation of the final α (Cream); E's genotype is recorded apart
+    net, obj, m = build(cfg)
+    net.load_state_dict(ckpt["model"])
+    assert res.genotype == m.discretise()
+    result = json.loads((tmp_path / space / "result.json").read_text())
+    assert result["genotype"] == res.genotype.to_dict()
+    assert result["eval_genotype"] == ckpt["method"]["eval_genotype"]
+    assert res.history[-1]["eval_genotype"] == result["eval_genotype"]
+    assert result["eval_genotype_str"] == str(genotype_from_dict(result["eval_genotype"]))
+    assert result["genotype_connected"] is True or space == "nb201"
 
 
 def test_resume_equals_uninterrupted(tiny_cfg, tmp_path, interrupted_search, assert_same_run):

@@ -1,65 +1,95 @@
 """CDARTS: "Cyclic Differentiable Architecture Search" (Yu, Peng et al., IEEE TPAMI 45(1), 2023;
-reference code: microsoft/Cream ``CDARTS``, researchmm/CDARTS, NNI ``CdartsTrainer``).
+reference code: microsoft/Cream ``CDARTS`` (``lib/``, ``benchmark201/``), its scripts in the
+older CVPR-2020/CDARTS repository; NNI ``CdartsTrainer``).
 
 Two networks: the search network S (the supernet, w_S and α) and an evaluation network E
 (w_E) built from the current top-k (k = 2) discretisation of α; they teach each other.
 
-- §3.2, weight sharing in E: every S_U steps α is discretised; when the genotype changed, E is
-  rebuilt and inherits, bit for bit, every parameter/buffer it shares with the previous E (same
-  cell, node, input and op; stem, preprocessing and classifier always) — ``load_shared``.
+- §3.2, weight sharing through the one-shot model: E takes its weights from a persistent pool
+  (:attr:`CDARTS.e_pool`, Cream ``super_layers_pool``) keyed by E's stable parameter names
+  (``cells.{i}.nodes.{n}.{j}.{op}``: cell, node, input and op; stem, preprocessing and
+  classifier always). At every cycle start E is rebuilt from the discretised α: E's trained
+  weights go into the pool, the new E loads every parameter/buffer the pool holds for it (Cream
+  ``copy_params_from_nas_layer`` / ``copy_params_from_super_layer``), so an op that leaves E and
+  comes back later returns with its trained weights. E is as wide as S (16 channels on CIFAR
+  and ImageNet; Cream's ``init_channels`` serves both) and as deep as the evaluation network
+  (CIFAR 20 cells, ImageNet 14 with the ImageNet stem, NAS-Bench-201 N = 5).
 - §3.3, embedding modules: after each stage of S and of E, global pooling + linear maps the
   stage's features to logits; the last stage's module is the network's own classifier.
 - Eq. (9)-(10), introspective distillation: L^{S,E} = Σ_stages T²·KL(p_E ‖ q_S), p_E and q_S
   the softened (T = 2) stage logits of E and S, averaged over the batch.
-- Eq. (7), separate learning: right after a (re)build, E alone is trained for S_E steps on
+- Eq. (7), separate learning: at every cycle start, E alone is trained for S_E steps on
   val batches by its cross-entropy L^E_val.
 - Eq. (8), joint learning: α and w_E are updated together on a val batch by
   L^S_val + L^E_val + λ·L^{S,E}_val (λ = 4) + Eq. (11); α by Adam, w_E by E's SGD.
 - Eq. (6): then w_S is updated on a train batch by L^S_train (SGD, cosine, as DARTS).
-- Eq. (11): λ'·‖α_skip‖₁ on the raw α of ``skip_connect`` in every cell kind, λ' decaying
-  linearly from 5 to 0 over the first ``l1_ratio`` (2/3: 20 of 30) of the post-warm-up epochs,
-  constant within an epoch; off (``l1_coeff=0``) in NAS-Bench-201 (the benchmark's rules, §4.2).
+- Eq. (11): λ'·‖α_op‖₁ on the raw α of the ``l1_ops`` in every cell kind, λ' decaying
+  linearly from 5 to 0 over the first ``l1_ratio`` (CIFAR 2/3: 20 of 30 cycles; ImageNet 1/2)
+  of the post-warm-up epochs, constant within an epoch; off (``l1_coeff=0``) in NAS-Bench-201.
 - Table 7 ablations (``variant``): ``s`` S alone with the ℓ1 term (first-order DARTS + Eq. 11),
   ``distill`` + E and the distillation (w_E trained only by separate learning, constant in the
   joint step), ``full`` + w_E updated in the joint step (CDARTS).
-- Result: :meth:`CDARTS.derive` is the genotype of the last evaluation network (its trained
-  weights are in :attr:`CDARTS.eval_net` and in the checkpoint).
+- Result: :meth:`CDARTS.derive` is the discretisation of the final α (Cream: the genotype
+  generated after the last search epoch); E's last genotype is recorded beside it as
+  ``eval_genotype`` in the metrics and result.json (E's weights are in the checkpoint).
+- E is never disconnected: in NAS-Bench-201 a discretised cell (argmax per edge, ``none``
+  included, as Cream's ``genotype()``) may have ``none`` on every input→output path; E is then
+  built from :func:`connect` of it (the path whose missing ops are likeliest gets them). A
+  disconnected result is kept as derived (it is what α says) with a warning.
 
 How Algorithm 1 maps onto the method-agnostic loop (it hands the method one (train, val) batch
 pair per step): the method keeps a phase counter (the loop's global step). After
 ``warmup_epochs`` (α fixed, only w_S trained; ImageNet: 10), the steps run in cycles of
-S_E + S_U steps; the first step of a cycle discretises α and rebuilds E if the genotype changed,
-the next S_E steps are separate learning on their val batches (their train batches are not
-used: w_S and α rest, as in Algorithm 1), the last S_U steps are joint steps followed by a w_S
-step. S_E and S_U are given in epochs (the paper's unit) and rounded to steps (at least 1), so
-``epochs`` counts both kinds: the paper's 30 CIFAR epochs with S_E = S_U = 1 epoch are 30
-cycles = 60 loop epochs. E's separate-learning cost therefore lands in the loop's step time and
-is amortised over the S_U search iterations of its cycle.
+S_E + S_U steps; the first step of a cycle discretises α and rebuilds E, the next S_E steps are
+separate learning on their val batches (their train batches are not used: w_S and α rest, as
+in Algorithm 1), the last S_U steps are joint steps followed by a w_S step. S_E and S_U are
+given in epochs (the paper's unit) and rounded to steps (at least 1), so ``epochs`` counts
+both kinds: the paper's 30 CIFAR epochs with S_E = S_U = 1 epoch are 30 cycles = 60 loop
+epochs. E's separate-learning cost therefore lands in the loop's step time and is amortised
+over the S_U search iterations of its cycle.
 
-Choices the paper leaves open (or where the reference code differs), ours:
+Deviations (paper text, reference code, ours):
 
-- The intermediate embedding modules are trained as probes: cross-entropy on the *detached*
-  stage features (S's in the w_S step, E's in E's steps), so they predict classes and Eq. (6)
-  and (7) stay exact for the networks' bodies; in the joint step only E's receive the
-  distillation gradient (they are part of w_E). The Cream code uses a deeper head (two convs,
-  768 channels) shared by S and E (same width there) and frozen on CIFAR.
-- w_E has its own SGD (the reference code's ``nasnet_lr``, momentum and weight decay of w_S),
-  constant ``e_lr`` (default: ``w_lr``), re-created at every rebuild (as the Cream code does);
-  gradients clipped at ``grad_clip``. The issue's "Adam 3e-4" is α's optimiser.
-- Presets use Adam betas (0.5, 0.99) and weight decay 3e-4 for α as stated in the issue (taken
-  from the paper); every reference script uses betas (0.5, 0.999) and α weight decay 0 (CIFAR)
-  or 1e-5 (ImageNet). Eq. (8) as written: the Cream/NNI code weights (CE_S + CE_E)/λ_code +
-  λ_code·KL with nn.KLDivLoss' element mean and λ_code = 1.
+- Paper: embedding modules after each stage; Cream: a deeper head (two convs, 768 channels)
+  shared by S and E, frozen on CIFAR; ours: linear probes on the *detached* stage features
+  (S's in the w_S step, E's in E's steps), so Eq. (6)-(7) stay exact for the networks' bodies;
+  in the joint step only E's receive the distillation gradient (they are part of w_E).
+- Paper: separate w_S and w_E; Cream: S and E share the stem (E's optimiser moves it too) and
+  S's classifier; ours: E has its own stem and classifier (kept across rebuilds by the pool),
+  so Eq. (7) trains w_E alone.
+- Cream's pool is a one-shot network holding every op of every edge from the start; ours fills
+  lazily: an op's weights enter the pool when E first uses it (freshly initialised, as the
+  pool's untouched ops are in Cream) — the same weights whenever E holds the op.
+- Paper: w_E by SGD; Cream: ``nasnet_lr``, momentum and weight decay of w_S, optimiser
+  re-created at every cycle; ours the same (``e_lr``, default ``w_lr``), gradients clipped at
+  ``grad_clip``.
+- Paper (as the issue reads it): Adam betas (0.5, 0.99), α weight decay 3e-4 on CIFAR; the
+  reference scripts: betas (0.5, 0.999), α weight decay 0 (CIFAR) / 1e-5 (ImageNet); CIFAR and
+  NAS-Bench-201 presets keep the paper's values (unchanged from the issue that set them).
+- Paper (as the issue reads it): ImageNet search weight decay 3e-5 for w_S and α; the only
+  published ImageNet search script (``run_search_imagenet.sh``) passes 1e-5 for both; the
+  preset follows the script (``--set w_weight_decay=3e-5 --set a_weight_decay=3e-5`` gives
+  the paper text).
+- Paper Eq. (11): ‖α_skip‖₁; Cream (``lib/core/search_function.py``) penalises max_pool_3x3,
+  avg_pool_3x3 and skip_connect in both cell kinds; the DARTS-space presets follow Cream
+  (``--opt l1_ops=skip_connect`` gives the paper text).
+- Cream's NAS-Bench-201 code, with ``--regular``, penalises the mean |α_none| over the edges
+  (no script says whether the published runs used it); the preset keeps ℓ1 off (the
+  benchmark's protocol); ``--opt l1_ops=none --opt l1_coeff=...`` gives the penalty (as a sum).
+- Paper Eq. (8): L^S + L^E + λ·L^{S,E}; Cream weights (CE_S + CE_E)/λ_code + λ_code·D with
+  nn.KLDivLoss' element mean (ImageNet script) or smooth-ℓ1 on the logits (CIFAR script,
+  ``--interactive_type 3``), λ_code = 1, on an ensemble of the stage heads; ours Eq. (8) as
+  written, KL per stage.
+- Cream's NAS-Bench-201 E is argmax per edge with ``none`` and can be disconnected (then at
+  chance, and its distillation pulls S the same way); ours repairs E (:func:`connect`).
 - E sees the val batch the objective prepared (masked images under the MIM objective); E's
   loss is plain cross-entropy, S's is the objective's (so MIM composes with S).
-- E is CIFAR-style (same stem and stage layout as the supernet) in every preset, also for
-  ImageNet, whose Cream search uses an ImageNet stem our supernet does not have.
-- In NAS-Bench-201 the discretisation keeps every edge (argmax op, ``none`` included), so ``k``
-  is not used there.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,8 +101,16 @@ from ..config import SearchConfig, register_preset
 from ..errors import DiffnasError, unknown
 from ..nets import build_network, load_shared
 from ..objectives import Batch, LossOutput, Objective
-from ..spaces import Genotype, Supernet, genotype_from_dict
+from ..spaces import (
+    DartsImageNetSupernet,
+    DartsSupernet,
+    Genotype,
+    NB201Genotype,
+    Supernet,
+    genotype_from_dict,
+)
 from ..spaces.darts import reduction_layers
+from ..spaces.nb201 import EDGES, N_NODES
 from .base import SearchMethod, accuracy, frozen, grads_of, set_grads
 
 #: Table 7 rows: S alone (+ℓ1), + distillation, + updating w_E in the joint step.
@@ -97,6 +135,49 @@ def l1_schedule(epoch: int, epochs: int, coeff: float, ratio: float, warmup: int
     post-warm-up epochs (CIFAR: 5 → 0 over 20 of 30), 0 afterwards."""
     span = ratio * max(1, epochs - warmup)
     return coeff * max(0.0, 1.0 - max(0, epoch - warmup) / span)
+
+
+def _paths(node: int) -> list[list[int]]:
+    """Every path from the input node 0 to ``node`` of a NAS-Bench-201 cell, as edge indices
+    into :data:`~diffnas.spaces.nb201.EDGES` (shorter paths first)."""
+    if node == 0:
+        return [[]]
+    return [p + [EDGES.index((i, node))] for i in range(node) for p in _paths(i)]
+
+
+#: the input→output paths of a NAS-Bench-201 cell: 0→3, 0→1→3, 0→2→3, 0→1→2→3
+PATHS: tuple[tuple[int, ...], ...] = tuple(tuple(p) for p in _paths(N_NODES - 1))
+
+
+def connected(genotype: Genotype) -> bool:
+    """Whether the cell passes its input to its output: some input→output path has no
+    ``none`` edge (a DARTS genotype never holds ``none`` and every node feeds the output)."""
+    if not isinstance(genotype, NB201Genotype):
+        return True
+    return any(all(genotype.ops[e] != "none" for e in p) for p in PATHS)
+
+
+def connect(genotype: NB201Genotype, weights: torch.Tensor,
+            op_names: Sequence[str]) -> NB201Genotype:
+    """A connected cell for E (§3.2 needs a network that computes): ``genotype`` itself when
+    :func:`connected`, else the input→output path whose ``none`` edges' strongest other ops are
+    likeliest (largest product of their ``weights``, ``[edges, ops]``) takes those ops on its
+    ``none`` edges; every other edge keeps its op."""
+    if connected(genotype):
+        return genotype
+    w = weights.detach().float().cpu().clone()
+    w[:, op_names.index("none")] = -math.inf
+    best_w, best_op = w.max(dim=1)
+    ops = list(genotype.ops)
+
+    def score(path: tuple[int, ...]) -> float:
+        return sum(math.log(max(float(best_w[e]), 1e-30)) for e in path if ops[e] == "none")
+
+    path = max(PATHS, key=score)  # the first of equal scores: the shorter path
+    for e in path:
+        if ops[e] == "none":
+            ops[e] = op_names[int(best_op[e])]
+    return NB201Genotype(tuple(ops))
 
 
 class StageHeads(nn.Module):
@@ -160,8 +241,8 @@ class CDARTS(SearchMethod):
         "l1_coeff": 5.0,          # λ' at the start (Eq. 11); 0 switches the term off
         "l1_ratio": 2 / 3,        # share of the post-warm-up epochs over which λ' reaches 0
         "l1_ops": "skip_connect",  # comma-separated ops whose α Eq. (11) penalises
-        "e_layers": 0,            # E depth (0: the space's evaluation network, 20 / N=5)
-        "e_channels": 0,          # E width (0: 36 for DARTS, 16 for NAS-Bench-201)
+        "e_layers": 0,            # E depth (0: the evaluation network's: 20, ImageNet 14, N=5)
+        "e_channels": 0,          # E width (0: S's width, as in the Cream code)
         "e_lr": 0.0,              # E's SGD learning rate (0: the config's w_lr)
     }
 
@@ -193,6 +274,8 @@ class CDARTS(SearchMethod):
         self.eval_net: nn.Module | None = None
         self.eval_heads: StageHeads | None = None
         self.eval_genotype: Genotype | None = None
+        #: §3.2 weight-sharing pool: every parameter/buffer E has held, by E's name (see doc)
+        self.e_pool: dict[str, torch.Tensor] = {}
         self.e_opt: torch.optim.SGD | None = None
         self.input_shape: tuple[int, int] | None = None  # (channels, size) of the images
 
@@ -225,7 +308,7 @@ class CDARTS(SearchMethod):
              f"options e_layers and e_channels must be >= 0 (0: the space's evaluation "
              f"network), got {o['e_layers']} and {o['e_channels']}")
         k = int(o["k"])
-        if net.space == "darts":
+        if isinstance(net, DartsSupernet):
             need(k >= 1, f"option k must be positive, got {k}")
             need(k <= 2, f"option k={k} is larger than the 2 inputs of the first intermediate "
                  "node of a DARTS cell")
@@ -236,8 +319,9 @@ class CDARTS(SearchMethod):
         need(cfg.order == 1, "the joint step (Eq. 8) is first order; use --order 1 (or "
              "variant=s for the S-alone ablation)")
         e_stages = 3
-        if net.space == "darts":
-            e_stages = len(reduction_layers(int(o["e_layers"]) or 20)) + 1
+        if isinstance(net, DartsSupernet):
+            default = 14 if isinstance(net, DartsImageNetSupernet) else 20
+            e_stages = len(reduction_layers(int(o["e_layers"]) or default)) + 1
         s_stages = len(net.stage_channels)
         need(e_stages == s_stages,
              f"the evaluation network has {e_stages} stage(s) but the search network has "
@@ -255,7 +339,7 @@ class CDARTS(SearchMethod):
         self.l1_weight = l1_schedule(epoch, self.cfg.epochs, float(o["l1_coeff"]),
                                      float(o["l1_ratio"]), int(o["warmup_epochs"]))
 
-    def phase(self, step: int | None = None) -> str:
+    def cycle_phase(self, step: int | None = None) -> str:
         """What step ``step`` (default: the next) does: ``warmup``, ``separate``, ``joint`` or,
         for the S-alone ablation, ``search``."""
         g = self.global_step if step is None else step
@@ -272,17 +356,35 @@ class CDARTS(SearchMethod):
 
     # -- the evaluation network ------------------------------------------------------------------
     def discretise(self) -> Genotype:
-        """The top-k discretisation of the current α (what E is built from)."""
+        """The top-k discretisation of the current α (the result; DARTS §2.4)."""
         return super().derive()
 
+    def eval_discretisation(self) -> Genotype:
+        """What E is built from: :meth:`discretise`, made :func:`connected` if it is not."""
+        genotype = self.discretise()
+        if connected(genotype):
+            return genotype
+        assert isinstance(genotype, NB201Genotype)
+        (weights,) = self.alpha_weights().values()
+        return connect(genotype, weights, self.net.op_names)
+
+    def _pool_in(self) -> None:
+        """E's weights into the pool (Cream ``copy_params_from_nas_layer``)."""
+        assert self.eval_net is not None
+        for k, v in self.eval_net.state_dict().items():
+            self.e_pool[k] = v.detach().clone()
+
     def _build_eval(self, genotype: Genotype) -> None:
-        """(Re)build E from ``genotype``, inheriting every shared parameter of the previous E
-        bit for bit (§3.2); the rest is freshly initialised. E's optimiser starts afresh."""
+        """(Re)build E from ``genotype`` (§3.2): the outgoing E's weights go into the pool, the
+        new E takes, bit for bit, every parameter/buffer the pool holds under its names (the
+        rest is freshly initialised and joins the pool at the next rebuild). E's optimiser
+        starts afresh."""
         assert self.input_shape is not None
         o = self.opts
         in_ch, size = self.input_shape
         try:
-            net = build_network(genotype, channels=int(o["e_channels"]) or None,
+            net = build_network(genotype, imagenet=isinstance(self.net, DartsImageNetSupernet),
+                                channels=int(o["e_channels"]) or self.net.channels,
                                 layers=int(o["e_layers"]) or None, num_classes=self.num_classes,
                                 in_channels=in_ch, input_size=size, auxiliary=False)
         except DiffnasError as e:
@@ -290,7 +392,8 @@ class CDARTS(SearchMethod):
                                f"e_channels={o['e_channels']}, 0 = default): {e}") from None
         net = net.to(self.device, memory_format=torch.channels_last)
         if self.eval_net is not None:
-            load_shared(net, self.eval_net)
+            self._pool_in()
+        load_shared(net, self.e_pool)
         net.train()
         if self.eval_heads is None:
             self.eval_heads = StageHeads(net.stage_channels, self.num_classes).to(self.device)
@@ -306,13 +409,12 @@ class CDARTS(SearchMethod):
         return [*self.eval_net.parameters(), *self.eval_heads.parameters()]
 
     def refresh_eval(self) -> bool:
-        """Discretise α; rebuild E if the genotype changed (or E does not exist). True if
-        rebuilt."""
-        genotype = self.discretise()
-        if self.eval_net is not None and genotype == self.eval_genotype:
-            return False
+        """A cycle start: discretise α and rebuild E through the pool (as Cream does every
+        cycle, also when the genotype is unchanged). True if the genotype changed."""
+        genotype = self.eval_discretisation()
+        changed = genotype != self.eval_genotype
         self._build_eval(genotype)
-        return True
+        return changed
 
     def _eval_forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         assert self.eval_net is not None
@@ -427,15 +529,15 @@ class CDARTS(SearchMethod):
 
     def step(self, train: Batch, val: Batch) -> dict[str, float]:
         """One loop step: warm-up, separate learning or a search iteration (see module doc)."""
+        phase = self.cycle_phase()
         if self.variant != "s" and self.eval_net is None:  # E exists (and fits) from step 1
             self.input_shape = (int(val.x.shape[1]), int(min(val.x.shape[-2:])))
-            self._build_eval(self.discretise())
-        phase = self.phase()
+            self._build_eval(self.eval_discretisation())
+        elif phase == "separate" and self.cycle_start():
+            self.refresh_eval()
         if phase in ("search", "joint"):
             return super().step(train, val)
         if phase == "separate":
-            if self.cycle_start():
-                self.refresh_eval()
             out = self.separate_step(val)
             self.global_step += 1
             assert out.logits is not None
@@ -449,9 +551,24 @@ class CDARTS(SearchMethod):
 
     # -- results ---------------------------------------------------------------------------------
     def derive(self) -> Genotype:
-        """The genotype of the current evaluation network (the discretised α before E exists
-        and in the S-alone ablation)."""
-        return self.eval_genotype if self.eval_genotype is not None else self.discretise()
+        """The discretisation of the current α (Cream's result); at the end of the search a
+        cell with no input→output path is returned as derived, with a warning."""
+        genotype = self.discretise()
+        if self.progress >= 1.0 and not connected(genotype):
+            warnings.warn(f"CDARTS result {genotype} has no path from the cell's input to its "
+                          "output (none on every path): a network built from it outputs a "
+                          "constant; its evaluation network was built from "
+                          f"{self.eval_genotype}", RuntimeWarning, stacklevel=2)
+        return genotype
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        """E's genotype (``eval_genotype``, its text ``eval_genotype_str``) and whether the
+        derived cell is connected (``genotype_connected``)."""
+        out: dict[str, Any] = {"genotype_connected": connected(self.discretise())}
+        if self.eval_genotype is not None:
+            out.update(eval_genotype=self.eval_genotype.to_dict(),
+                       eval_genotype_str=str(self.eval_genotype))
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -463,7 +580,7 @@ class CDARTS(SearchMethod):
             assert self.eval_genotype is not None and self.input_shape is not None
             state.update(input_shape=list(self.input_shape),
                          eval_genotype=self.eval_genotype.to_dict(),
-                         eval_net=self.eval_net.state_dict(),
+                         eval_net=self.eval_net.state_dict(), e_pool=dict(self.e_pool),
                          eval_heads=self.eval_heads.state_dict(), e_opt=self.e_opt.state_dict())
         return state
 
@@ -476,6 +593,7 @@ class CDARTS(SearchMethod):
             in_ch, size = state["input_shape"]
             self.input_shape = (int(in_ch), int(size))
             self.eval_net = self.eval_heads = None
+            self.e_pool = dict(state["e_pool"])
             self._build_eval(genotype_from_dict(state["eval_genotype"]))
             assert self.eval_net is not None and self.eval_heads is not None
             assert self.e_opt is not None
@@ -485,39 +603,48 @@ class CDARTS(SearchMethod):
 
 
 # ------------------------------------------------------------------------------------ presets
-#: Table 1 / the issue: SGD 0.1 (momentum 0.9, decay 3e-4) for w_S and w_E, Adam 3e-4 for α,
-#: batch 64, λ = 4, T = 2, S_E = S_U = 1 epoch.
+#: Table 1: SGD 0.1 (momentum 0.9, decay 3e-4) for w_S and w_E, Adam 3e-4 for α, batch 64,
+#: λ = 4, T = 2, S_E = S_U = 1 epoch.
 _PAPER: dict[str, Any] = dict(
     method="cdarts", batch_size=64, w_lr=0.1, w_momentum=0.9, w_weight_decay=3e-4,
     a_lr=3e-4, a_betas=(0.5, 0.99), a_weight_decay=3e-4, crop_padding=4, flip=True)
+#: Eq. (11)'s ops as Cream's search_function.py penalises them in the DARTS space
+_L1_OPS = "max_pool_3x3,avg_pool_3x3,skip_connect"
 _OPTS: dict[str, Any] = {"s_u": 1.0, "s_e": 1.0, "lam": 4.0, "temperature": 2.0,
                          "l1_coeff": 5.0, "l1_ratio": 2 / 3, "e_lr": 0.1}
 register_preset(
     "cdarts-cifar10",
-    "CDARTS CIFAR-10 search (Table 1): S 8 cells × 16, E 20 × 36, 30 cycles of S_E = S_U = 1 "
-    "epoch (60 loop epochs), λ=4, T=2, λ' 5→0 over the first 20 cycles, SGD 0.1, batch 64",
+    "CDARTS CIFAR-10 search (Table 1): S 8 cells × 16, E 20 × 16 (as wide as S, the Cream "
+    "code), 30 cycles of S_E = S_U = 1 epoch (60 loop epochs), λ=4, T=2, λ' 5→0 over the "
+    "first 20 cycles, SGD 0.1, batch 64",
     **{**_PAPER, "space": "darts", "dataset": "cifar10", "epochs": 60, "channels": 16,
-       "layers": 8, "method_args": {**_OPTS, "e_layers": 20, "e_channels": 36}})
+       "layers": 8, "method_args": {**_OPTS, "l1_ops": _L1_OPS, "e_layers": 20}})
 register_preset(
     "cdarts-nb201",
     "CDARTS in NAS-Bench-201 on CIFAR-10 (Table 1): S and E the benchmark's N=5 × 16 network, "
     "50 cycles of S_E = S_U = 1 epoch (100 loop epochs), λ=4, no ℓ1, SGD 0.1, batch 64; "
     "run seeds 0, 1, 2",
     **{**_PAPER, "space": "nb201", "dataset": "cifar10", "epochs": 100, "channels": 16,
-       "layers": 5, "method_args": {**_OPTS, "l1_coeff": 0.0, "e_layers": 5, "e_channels": 16}})
+       "layers": 5, "method_args": {**_OPTS, "l1_coeff": 0.0, "e_layers": 5}})
+#: run_search_imagenet.sh: batch 8 × 128, w_lr = nasnet_lr 0.8, alpha_lr 3e-4, weight decay
+#: 1e-5 (w and α), pretrain_epochs 10 of search_iter 40 (30 cycles), nasnet_warmup 3 (S_E),
+#: search_iter_epochs 1 (S_U), regular_ratio 0.5, init_channels 16, stem_multiplier 1
 register_preset(
     "cdarts-imagenet",
-    "CDARTS ImageNet search: 10 warm-up epochs with α fixed, then 40 cycles of S_E = 3 + S_U = 1 "
-    "epochs (170 loop epochs), batch 1024, SGD 0.8 (decay 1e-5), λ' 5→0 over half, E 14 × 48; "
-    "pass --dataset folder:PATH (a class-balanced subset) and --image-size",
-    **{**_PAPER, "space": "darts", "dataset": "folder:", "epochs": 170, "batch_size": 1024,
-       "channels": 16, "layers": 8, "w_lr": 0.8, "w_weight_decay": 1e-5, "crop_padding": 0,
-       "method_args": {**_OPTS, "warmup_epochs": 10, "s_e": 3.0, "l1_ratio": 0.5,
-                       "e_layers": 14, "e_channels": 48, "e_lr": 0.8}})
+    "CDARTS ImageNet search: S 8 cells × 16 and E 14 × 16, both ImageNet-shaped "
+    "(darts-imagenet, 224→28 stem), 10 warm-up epochs with α fixed, then 30 cycles of "
+    "S_E = 3 + S_U = 1 epochs (130 loop epochs), batch 1024, SGD 0.8, weight decay 1e-5 (w and "
+    "α, the reference script), λ' 5→0 over half; pass --dataset folder:PATH (a class-balanced "
+    "subset)",
+    **{**_PAPER, "space": "darts-imagenet", "dataset": "folder:", "image_size": 224,
+       "epochs": 130, "batch_size": 1024, "channels": 16, "layers": 8, "w_lr": 0.8,
+       "w_weight_decay": 1e-5, "a_weight_decay": 1e-5, "crop_padding": 0,
+       "method_args": {**_OPTS, "l1_ops": _L1_OPS, "warmup_epochs": 10, "s_e": 3.0,
+                       "l1_ratio": 0.5, "e_layers": 14, "e_lr": 0.8}})
 register_preset(
     "cdarts-cpu",
     "CDARTS on 2 CPU cores (about 7 minutes): DARTS space on a 2000-image Fashion-MNIST "
-    "subset, S 5 cells × 8, E 8 cells × 16, 3 cycles of S_E = S_U = 1 epoch (6 loop epochs)",
+    "subset, S 5 cells × 8, E 8 cells × 8, 3 cycles of S_E = S_U = 1 epoch (6 loop epochs)",
     **{**_PAPER, "space": "darts", "dataset": "fashion-mnist", "subset": 2000, "epochs": 6,
        "channels": 8, "layers": 5, "crop_padding": 2,
-       "method_args": {**_OPTS, "e_layers": 8, "e_channels": 16}})
+       "method_args": {**_OPTS, "l1_ops": _L1_OPS, "e_layers": 8}})
