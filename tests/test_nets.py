@@ -1,6 +1,7 @@
 """Evaluation networks, the published-genotype registry and cost counting."""
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from diffnas.nets import (
     shared_parameters,
 )
 from diffnas.nets.darts_net import drop_path
+from diffnas.nets.registry import SEMANTIC_DARTS_TABLE_II
 from diffnas.spaces import DartsGenotype, parse_genotype
 
 V1, V2 = REGISTRY["DARTS_V1"].genotype, REGISTRY["DARTS_V2"].genotype
@@ -41,7 +43,8 @@ def test_every_published_params_figure_is_pinned():
     # the figures the DARTS-family papers print for their own genotypes
     assert {(n, s) for n, s, _ in PUBLISHED_PARAMS} == {
         ("DARTS_V2", "cifar10"), ("DARTS_V2", "imagenet"), ("PC_DARTS_CIFAR", "cifar10"),
-        ("PC_DARTS_IMAGENET", "imagenet"), ("PDARTS", "cifar10"), ("PDARTS", "imagenet")}
+        ("PC_DARTS_IMAGENET", "imagenet"), ("PDARTS", "cifar10"), ("PDARTS", "imagenet"),
+        ("SEMANTIC_DARTS_C10_S9999", "imagenet")}
 
 
 @pytest.mark.parametrize("name,setting,published", PUBLISHED_PARAMS)
@@ -64,7 +67,25 @@ def test_darts_v1_count_is_below_v2_by_one_dil_conv_per_normal_cell():
 
 # measured with count_cost (batch 1, 224×224): (conv + linear, + BN/ReLU/pool/bias, printed)
 IMAGENET_MADDS = {"DARTS_V2": (529.91, 544.59, 574), "PC_DARTS_IMAGENET": (581.63, 597.21, 597),
-                  "PDARTS": (542.82, 557.38, 557)}
+                  "PDARTS": (542.82, 557.38, 557),
+                  "SEMANTIC_DARTS_C10_S9999": (632.23, 649.56, 642)}
+
+
+def bn_elements(net, x):
+    """Output elements of every BatchNorm2d in one forward pass."""
+    total = 0
+
+    def hook(m, inputs, out):
+        nonlocal total
+        total += out.numel()
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()
+               if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        net(x)
+    for h in handles:
+        h.remove()
+    return total
 
 
 @pytest.mark.parametrize("name", sorted(IMAGENET_MADDS))
@@ -77,8 +98,49 @@ def test_imagenet_madds(name):
     assert cost.madds_all_m == pytest.approx(all_ops, abs=0.005)
     if name == "DARTS_V2":  # ptflops' 544.59 M (quark0/darts#46); DARTS printed 574 M
         assert round(cost.madds_all_m, 2) == 544.59
+    elif name.startswith("SEMANTIC"):
+        # neither convention: 642 M is thop 0.0.31 (imported by the reference
+        # train_imagenet_dist.py) on the reference model.py — conv + linear + 2 per BN element
+        # + 768 for the global average pool = 642.300288 M, measured there
+        assert abs(cost.madds_m - published) > 9 and abs(cost.madds_all_m - published) > 7
+        bn = bn_elements(build_network(REGISTRY[name].genotype, imagenet=True).eval(),
+                         torch.zeros(1, 3, 224, 224))
+        assert bn == 5_033_280
+        assert cost.madds + 2 * bn + 768 == 642_300_288
     else:  # PC-DARTS and P-DARTS printed the ptflops-style count
         assert cost.madds_all_m == pytest.approx(published, rel=0.01)
+
+
+SEMANTIC = {data: [f"SEMANTIC_DARTS_{data}_S{seed}" for seed in (2, 5555, 7777, 9999)]
+            for data in ("C10", "C100")}
+
+
+@pytest.mark.parametrize("data,classes,mean,std", [
+    ("C10", 10, 4.0520, 0.2279), ("C100", 10, 3.6068, 0.2408), ("C100", 100, 3.6587, 0.2408)])
+def test_semantic_darts_table_ii_params(data, classes, mean, std):
+    # Table II prints mean ± std (sample std over the four search seeds) of the CIFAR network
+    printed_mean, printed_std = SEMANTIC_DARTS_TABLE_II[data]
+    counts = []
+    for name in SEMANTIC[data]:
+        entry = REGISTRY[name]
+        assert entry.searched_on == ("cifar10" if data == "C10" else "cifar100")
+        assert "d525eed" in entry.source and "cls_maskv1" in entry.source
+        net = build_network(entry.genotype, num_classes=classes)
+        counts.append(sum(p.numel() for p in net.parameters_without_aux()) / 1e6)
+    assert statistics.mean(counts) == pytest.approx(mean, abs=1e-4)
+    assert statistics.stdev(counts) == pytest.approx(std, abs=1e-4)
+    assert abs(statistics.mean(counts) - printed_mean) <= 0.05
+    assert round(statistics.stdev(counts), 2) == printed_std
+    if data == "C100" and classes == 10:
+        # the printed 3.61 is the 10-class network's count; the 100-class one is 3.66 M
+        assert round(statistics.mean(counts), 2) == printed_mean
+
+
+def test_semantic_darts_cells_are_the_reference_ones():
+    g = REGISTRY["SEMANTIC_DARTS_C10_S9999"].genotype
+    assert g.normal[7] == ("dil_conv_5x5", 4) and g.reduce[1] == ("skip_connect", 1)
+    assert parse_genotype("semantic-darts-c100-s2") == REGISTRY["SEMANTIC_DARTS_C100_S2"].genotype
+    assert len({str(REGISTRY[n].genotype) for names in SEMANTIC.values() for n in names}) == 8
 
 
 def test_element_ops_by_hand():

@@ -13,7 +13,14 @@ gives 597.2 M for PC_DARTS_IMAGENET (597 printed) and 557.4 M for PDARTS (557 pr
 0.1 %. For DARTS_V2 it gives 544.59 M — the figure a user measured with ptflops in
 quark0/darts issue #46, where another measured 523 M counting conv + fc — against the 574 M
 DARTS printed; DARTS never published its counter, and no convention we know reproduces it.
-The published parameter counts are all reproduced to ±0.05 M.
+Semantic-DARTS' 642 M (Table IV, the seed-9999 CIFAR-10 cell) is neither: that network counts
+632.23 M (conv + linear) and 649.56 M (ptflops). It is the count of thop 0.0.31, the counter the
+reference ``train_imagenet_dist.py`` imports, run on the reference ``model.py``: 642.30 M =
+conv + linear + two operations per BN element (ReLU and max-pooling count nothing).
+The published parameter counts are all reproduced to ±0.05 M; for the Semantic-DARTS cells,
+whose Table II prints only the mean ± std over four search seeds, the four CIFAR-10 cells give
+4.052 ± 0.228 M (4.05 ± 0.23 printed) and the four CIFAR-100 cells 3.607 ± 0.241 M in the
+10-class network (3.61 ± 0.24 printed; 3.659 M with the 100-class classifier).
 
 Names are matched case-insensitively, with ``-`` and ``_`` interchangeable
 (``pc-darts`` = ``PC_DARTS``).
@@ -146,6 +153,81 @@ register(Published(
     "imagenet", {},
     "CDARTS trains its ImageNet network with stem multiplier 1 and its own stem; the figures "
     "here are for the DARTS mobile skeleton, and the paper's could not be read here"))
+# Semantic-DARTS (Guo et al., IEEE Internet of Things Journal 2025): the cells Table II averages,
+# four search seeds each, from the reference genotypes.py — CIFAR-10 searches at mask ratio 0.6
+# and CIFAR-100 searches at 0.7, patch size 8 (the names' r6p8 / r7p8)
+_SEMANTIC_REPO = "AlbertiPot/Semantic-DARTS genotypes.py (commit d525eed)"
+_SEMANTIC_CELLS = {
+    ("C10", 2): "normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+                "('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('dil_conv_5x5', 3), "
+                "('sep_conv_3x3', 1), ('sep_conv_3x3', 0)], reduce=[('max_pool_3x3', 0), "
+                "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 2), "
+                "('skip_connect', 0), ('sep_conv_5x5', 3), ('dil_conv_5x5', 2), "
+                "('dil_conv_5x5', 3)]",
+    ("C10", 5555): "normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+                   "('sep_conv_3x3', 1), ('sep_conv_3x3', 2), ('dil_conv_5x5', 3), "
+                   "('sep_conv_3x3', 1), ('skip_connect', 0)], reduce=[('max_pool_3x3', 0), "
+                   "('max_pool_3x3', 1), ('max_pool_3x3', 1), ('sep_conv_3x3', 2), "
+                   "('sep_conv_3x3', 2), ('dil_conv_5x5', 3), ('sep_conv_5x5', 4), "
+                   "('sep_conv_3x3', 2)]",
+    ("C10", 7777): "normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 2), "
+                   "('skip_connect', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+                   "('dil_conv_5x5', 3), ('dil_conv_5x5', 2)], reduce=[('max_pool_3x3', 0), "
+                   "('skip_connect', 1), ('sep_conv_3x3', 1), ('max_pool_3x3', 0), "
+                   "('sep_conv_3x3', 3), ('max_pool_3x3', 0), ('dil_conv_5x5', 4), "
+                   "('dil_conv_5x5', 3)]",
+    ("C10", 9999): "normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+                   "('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), "
+                   "('sep_conv_3x3', 0), ('dil_conv_5x5', 4)], reduce=[('max_pool_3x3', 0), "
+                   "('skip_connect', 1), ('sep_conv_3x3', 2), ('sep_conv_3x3', 1), "
+                   "('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 4), "
+                   "('sep_conv_3x3', 1)]",
+    ("C100", 2): "normal=[('sep_conv_3x3', 0), ('sep_conv_5x5', 1), ('dil_conv_5x5', 2), "
+                 "('skip_connect', 0), ('skip_connect', 0), ('dil_conv_5x5', 3), "
+                 "('sep_conv_3x3', 4), ('dil_conv_3x3', 0)], reduce=[('max_pool_3x3', 0), "
+                 "('max_pool_3x3', 1), ('max_pool_3x3', 0), ('sep_conv_3x3', 2), "
+                 "('sep_conv_3x3', 3), ('skip_connect', 0), ('max_pool_3x3', 0), "
+                 "('dil_conv_5x5', 2)]",
+    ("C100", 5555): "normal=[('sep_conv_3x3', 1), ('dil_conv_5x5', 0), ('sep_conv_3x3', 0), "
+                    "('sep_conv_5x5', 1), ('max_pool_3x3', 0), ('dil_conv_5x5', 3), "
+                    "('sep_conv_3x3', 1), ('dil_conv_3x3', 4)], reduce=[('skip_connect', 1), "
+                    "('max_pool_3x3', 0), ('dil_conv_5x5', 2), ('skip_connect', 1), "
+                    "('dil_conv_5x5', 3), ('max_pool_3x3', 0), ('sep_conv_3x3', 2), "
+                    "('skip_connect', 1)]",
+    ("C100", 7777): "normal=[('sep_conv_5x5', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+                    "('dil_conv_5x5', 0), ('sep_conv_3x3', 2), ('skip_connect', 0), "
+                    "('dil_conv_5x5', 4), ('sep_conv_3x3', 0)], reduce=[('skip_connect', 1), "
+                    "('max_pool_3x3', 0), ('skip_connect', 0), ('skip_connect', 1), "
+                    "('dil_conv_5x5', 3), ('max_pool_3x3', 0), ('dil_conv_5x5', 4), "
+                    "('skip_connect', 1)]",
+    ("C100", 9999): "normal=[('sep_conv_3x3', 1), ('skip_connect', 0), ('dil_conv_5x5', 2), "
+                    "('sep_conv_3x3', 1), ('dil_conv_5x5', 3), ('sep_conv_3x3', 1), "
+                    "('sep_conv_3x3', 1), ('sep_conv_3x3', 2)], reduce=[('max_pool_3x3', 0), "
+                    "('max_pool_3x3', 1), ('max_pool_3x3', 0), ('sep_conv_3x3', 2), "
+                    "('max_pool_3x3', 0), ('dil_conv_5x5', 2), ('dil_conv_5x5', 4), "
+                    "('dil_conv_5x5', 3)]",
+}
+#: Semantic-DARTS Table II: parameters (M, CIFAR network 36 × 20) as mean ± std over the four
+#: cells of each search dataset. The CIFAR-100 figure is of the 10-class network: with the
+#: 100-class classifier each network has 51,930 more parameters (576 · 90 + 90), 3.66 M on average.
+SEMANTIC_DARTS_TABLE_II = {"C10": (4.05, 0.23), "C100": (3.61, 0.24)}
+for (_data, _seed), _cells in _SEMANTIC_CELLS.items():
+    _ratio = "r6p8" if _data == "C10" else "r7p8"
+    register(Published(
+        f"SEMANTIC_DARTS_{_data}_S{_seed}",
+        _darts(f"Genotype({_cells.replace('], reduce=', '], normal_concat=range(2, 6), reduce=')}"
+               ", reduce_concat=range(2, 6))"),
+        f"Guo et al., Semantic-DARTS (Table II; searched on {_data.replace('C', 'CIFAR-')}, "
+        f"seed {_seed}); {_SEMANTIC_REPO} 'cls_maskv1{_data.lower()}seed{_seed}{_ratio}'",
+        "cifar10" if _data == "C10" else "cifar100",
+        # Table IV: the ImageNet network of the seed-9999 CIFAR-10 cell
+        {"imagenet": {"params_m": 5.8, "madds_m": 642}} if (_data, _seed) == ("C10", 9999)
+        else {},
+        "Table II prints only the mean ± std of the four cells "
+        f"({SEMANTIC_DARTS_TABLE_II[_data][0]} ± {SEMANTIC_DARTS_TABLE_II[_data][1]} M)"
+        + ("; Table IV's 642 M mult-adds are thop 0.0.31's count (see the module docstring)"
+           if (_data, _seed) == ("C10", 9999) else "")))
+
 register(Published(
     "NB201_OPTIMUM",
     NB201Genotype.parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|"
