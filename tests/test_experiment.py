@@ -171,3 +171,87 @@ def test_cli_experiment_report_only(tmp_path, capsys):
     assert ex.load_spec(out).overrides == TINY
     assert main(["experiment", "--out", str(out), "--report-only"]) == 0
     assert "| darts | 1/1 |" in capsys.readouterr().out
+
+
+def test_method_spec_keeps_json_commas_and_option_dicts_merge(tmp_path):
+    m = MethodSpec.parse('semantic:objective_args={"mask_ratio":0.4,"patch_size":4},order=2,'
+                         'regularisers="a,b",x=[1,2]')
+    assert m.config == {"objective_args": {"mask_ratio": 0.4, "patch_size": 4}, "order": 2}
+    assert m.options == {"regularisers": "a,b", "x": "[1,2]"}
+    assert ex.split_top_level('a={"k":"x,}y"},b=(1,2),c') == ['a={"k":"x,}y"}', "b=(1,2)", "c"]
+    with pytest.raises(DiffnasError, match="JSON object"):
+        MethodSpec.parse("semantic:objective_args=4")
+    with pytest.raises(DiffnasError, match='quote a value that holds commas'):
+        MethodSpec.parse("darts:regularisers=a,b")
+
+    # --set option dicts are merged key by key with the spec's (the spec wins per key), over
+    # the preset's; the spec's KEY=VALUE method options come last
+    s = spec(methods=['semantic:objective_args={"mask_ratio":0.4},seen=spec',
+                      'darts:method_args={"k":"json"},k=kv'],
+             seeds=[0], overrides={**TINY, "objective_args": {"patch_size": 2, "mask_ratio": 0.9},
+                                   "method_args": {"seen": "set", "other": 1}})
+    sem, dar = plan(s, tmp_path)
+    assert sem.cfg.objective_args == {"patch_size": 2, "mask_ratio": 0.4}
+    assert sem.cfg.method_args == {"seen": "spec", "other": 1}
+    assert dar.cfg.method_args == {"seen": "set", "other": 1, "k": "kv"}
+    assert dar.cfg.objective_args == {"patch_size": 2, "mask_ratio": 0.9}
+    with pytest.raises(DiffnasError, match="JSON object"):
+        plan(spec(overrides={**TINY, "method_args": "x"}), tmp_path)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("darts:nonsense=1", "no option nonsense"),                            # a method option
+    ('semantic:objective_args={"patch_size":3}', "patch size 3 does not divide"),  # objective
+])
+def test_every_run_is_checked_before_the_first_starts(tmp_path, bad, match):
+    """A bad option of the grid's last method stops the grid before any run has started."""
+    out = tmp_path / "exp"
+    lines: list[str] = []
+    with pytest.raises(DiffnasError, match=match) as err:
+        run_experiment(spec(methods=["darts", bad]), out, isolate=False, progress=False,
+                       echo=lines.append, plot=False)
+    assert f"/{MethodSpec.parse(bad).label}/seed0" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert lines == [] and not out.exists()   # nothing ran, nothing was written
+
+
+def test_jobs_run_in_parallel_processes_with_the_same_results(tmp_path):
+    """--jobs 2 (a process per run) gives exactly the runs of --jobs 1 in this process."""
+    short = {**TINY, "epochs": 1}
+    serial = run_experiment(spec(threads=1, overrides=short), tmp_path / "a", isolate=False,
+                            progress=False, echo=lambda _: None, plot=False)
+    lines: list[str] = []
+    parallel = run_experiment(spec(threads=1, jobs=2, overrides=short), tmp_path / "b",
+                              isolate=True, progress=False, echo=lines.append, plot=False)
+    for a, b in zip(serial["rows"], parallel["rows"], strict=True):
+        assert b["status"] == "done"
+        assert (a["genotype"], a["search_acc"], a["alpha_std"]) == \
+               (b["genotype"], b["search_acc"], b["alpha_std"])
+        ma, mb = (RunFolder(r["run_dir"]).read_metrics() for r in (a, b))
+        assert [r["alpha"] for r in ma] == [r["alpha"] for r in mb]
+    assert sum("starting search" in x for x in lines) == 2
+    assert "Runs: 2 at once (--jobs 2), 1 torch thread(s) each" in parallel["markdown"]
+    assert "Runs: 1 at once (--jobs 1), 1 torch thread(s) each" in serial["markdown"]
+    assert ex.load_spec(tmp_path / "b").jobs == 2
+    with pytest.raises(DiffnasError, match="process per run"):
+        run_experiment(spec(jobs=2), tmp_path / "c", isolate=False)
+
+
+def test_published_column_beside_the_table_accuracy():
+    rows = [_row("darts", 0, table_acc=80.0), _row("cdarts", 0, table_acc=90.0),
+            _row("darts_order2", 0, table_acc=70.0)]
+    md = markdown_table(aggregate(rows))
+    head = next(line for line in md.splitlines() if line.startswith("| Method"))
+    assert "| NB201 table acc (%) | Published C10 (%) |" in head
+    n_darts, n_cdarts = (list(ex.PUBLISHED).index(m) + 1 for m in ("darts", "cdarts"))
+    assert f"| darts | 1/1 | 80.00 | 54.30 ± 0.00 [{n_darts}] |" in md
+    assert f"| cdarts | 1/1 | 90.00 | 94.02 ± 0.31 [{n_cdarts}] |" in md
+    assert "| darts_order2 | 1/1 | 70.00 | — |" in md            # a variant: another protocol
+    notes = ex.published_notes(["darts", "cdarts", "darts_order2"], 94.07)
+    assert len(notes) == 3 and "optimum 94.37" in notes[0] and "94.07" in notes[0]
+    assert notes[1].startswith(f"[{n_darts}] DARTS-V1") and "NAS-Bench-201 paper" in notes[1]
+    assert "Cream README" in notes[2]
+    assert ex.published_notes(["darts_order2"]) == []
+    assert all(p.source for p in ex.PUBLISHED.values())
+    # no table accuracy, no published column
+    assert "Published" not in markdown_table(aggregate([_row("darts", 0, search_acc=50.0)]))

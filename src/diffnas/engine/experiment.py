@@ -88,8 +88,8 @@ def _options_dict(value: Any, where: str, key: str) -> dict[str, Any]:
 class MethodSpec:
     """``NAME[:key=value,...]``: config fields (e.g. ``darts:order=2``,
     ``semantic:objective_args={"mask_ratio":0.4,"patch_size":4}``) or method options (the rest;
-    given as text, converted by the method like ``--opt``). Commas inside a JSON value do not
-    separate items."""
+    given as text, converted by the method like ``--opt``). Commas inside a JSON value or a
+    double-quoted one (``darts:regularisers="a,b"``) do not separate items."""
 
     spec: str
     method: str
@@ -106,15 +106,16 @@ class MethodSpec:
         options: dict[str, Any] = {}
         for item in filter(None, (s.strip() for s in split_top_level(rest))):
             if "=" not in item:
-                raise DiffnasError(f"method spec {spec!r}: {item!r} is not key=value")
+                raise DiffnasError(f"method spec {spec!r}: {item!r} is not key=value (quote a "
+                                   'value that holds commas: key="a,b")')
             k, v = (s.strip() for s in item.split("=", 1))
             k = k.replace("-", "_")
             if k in OPTION_FIELDS:
                 config[k] = _options_dict(_coerce(v), f"method spec {spec!r}", k)
             elif k in SEARCH_FIELDS:
                 config[k] = _coerce(v)
-            else:
-                options[k] = v
+            else:  # text, as --opt gives it (a quoted value loses its quotes)
+                options[k] = _coerce(v) if v.startswith('"') else v
         return cls(spec, name.strip(), config, options)
 
     @property
