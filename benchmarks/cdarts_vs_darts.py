@@ -12,7 +12,7 @@ alternating (A B, B A, ...), one thread each. CDARTS runs with S_E = 2n and S_U 
 and ``--warmup n`` (E's build at step 0 included), then ``--iters 2n`` timed steps: n
 separate, then n joint, all with the E built from the initial α (E's cost depends on its
 genotype); the phase medians give the amortised iteration ``joint + separate`` (the papers'
-S_E = S_U). The rebuild itself (``load_shared`` included) is timed apart by a child process
+S_E = S_U). The rebuild itself (E's weights through the pool) is timed apart by a child process
 (``--child NAME``), which also counts the FLOPs of a DARTS step and of CDARTS' separate and
 joint steps on that same E (exact and load-free).
 
@@ -39,15 +39,23 @@ from common import REPO, fmt, load_range, machine, med, ratio, run_json, write_s
 SECTION = "## CDARTS vs DARTS"
 PY = sys.executable
 
-#: name → (search net channels, cells, E channels, E cells, batch, image size, image channels)
-CONFIGS: dict[str, dict[str, int]] = {
-    # the paper's CIFAR widths and depths (S 8×16, E 20×36) at batch 8, 16² (1/32 of the
-    # paper's per-step compute; FLOP ratios are those of batch 64 at 32², all layers scale alike)
-    "paper": dict(channels=16, layers=8, e_channels=36, e_layers=20, batch=8, size=16, in_ch=3),
-    # E as wide as S, as in the Cream reference code (init_channels 16 for both networks)
-    "cream": dict(channels=16, layers=8, e_channels=16, e_layers=20, batch=8, size=16, in_ch=3),
-    # the cdarts-cpu preset: S 5×8, E 8×16, batch 64, Fashion-MNIST 28²×1
-    "cpu": dict(channels=8, layers=5, e_channels=16, e_layers=8, batch=64, size=28, in_ch=1),
+#: name → search space, (search net channels, cells), (E channels, cells), batch, image size and
+#: channels
+CONFIGS: dict[str, dict] = {
+    # the paper's CIFAR widths and depths (S 8×16, E 20×16: E as wide as S, as the Cream code
+    # and the §4.7 cost argument have it) at batch 8, 16² (1/32 of the paper's per-step
+    # compute; FLOP ratios are those of batch 64 at 32², all layers scale alike)
+    "paper": dict(space="darts", channels=16, layers=8, e_channels=16, e_layers=20, batch=8,
+                  size=16, in_ch=3),
+    # the former default: E at the retraining width 36
+    "e36": dict(space="darts", channels=16, layers=8, e_channels=36, e_layers=20, batch=8,
+                size=16, in_ch=3),
+    # the cdarts-imagenet preset's networks (S 8×16, E 14×16, ImageNet stem) at batch 4, 224²
+    "imagenet": dict(space="darts-imagenet", channels=16, layers=8, e_channels=16, e_layers=14,
+                     batch=4, size=224, in_ch=3),
+    # the cdarts-cpu preset: S 5×8, E 8×8, batch 64, Fashion-MNIST 28²×1
+    "cpu": dict(space="darts", channels=8, layers=5, e_channels=8, e_layers=8, batch=64,
+                size=28, in_ch=1),
 }
 
 
@@ -56,7 +64,7 @@ def steps_per_epoch(batch: int) -> int:
     return max(1, 25_000 // batch)
 
 
-def cdarts_opts(c: dict[str, int], n: int) -> list[str]:
+def cdarts_opts(c: dict, n: int) -> list[str]:
     """S_E = 2n, S_U = n steps: after n warm-up steps (E built at step 0) the profile times n
     separate and n joint steps, all with the same E (the next rebuild is at step 3n)."""
     spe = steps_per_epoch(c["batch"])
@@ -65,7 +73,7 @@ def cdarts_opts(c: dict[str, int], n: int) -> list[str]:
 
 
 # --------------------------------------------------------------------------- child process
-def child_flops(c: dict[str, int], n: int) -> dict:
+def child_flops(c: dict, n: int) -> dict:
     """FLOPs of a DARTS step and of CDARTS' joint and separate steps; E's rebuild time."""
     import torch
 
@@ -78,8 +86,9 @@ def child_flops(c: dict[str, int], n: int) -> dict:
     out: dict = {}
     for method in ("darts", "cdarts"):
         opts = dict(kv.split("=") for kv in cdarts_opts(c, 1)) if method == "cdarts" else {}
-        cfg = resolve_config(None, method=method, channels=c["channels"], layers=c["layers"],
-                             batch_size=c["batch"], device="cpu", method_args=opts)
+        cfg = resolve_config(None, method=method, space=c["space"], channels=c["channels"],
+                             layers=c["layers"], batch_size=c["batch"], device="cpu",
+                             method_args=opts)
         _, obj, m = build_search(cfg, c["in_ch"], c["size"], 10, spe, torch.device("cpu"))
         g = torch.Generator().manual_seed(0)
 
@@ -100,7 +109,7 @@ def child_flops(c: dict[str, int], n: int) -> dict:
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
-            m._build_eval(m.discretise())  # a rebuild: new E, load_shared, new optimiser
+            m._build_eval(m.eval_discretisation())  # a rebuild: new E from the pool, new opt
             times.append(time.perf_counter() - t0)
         out["rebuild_s"] = statistics.median(times)
         out["e_params"] = sum(p.numel() for p in m.eval_net.parameters())
@@ -108,8 +117,8 @@ def child_flops(c: dict[str, int], n: int) -> dict:
 
 
 # --------------------------------------------------------------------------- runner
-def profile_cmd(method: str, c: dict[str, int], n: int) -> list[str]:
-    cmd = [PY, "-m", "diffnas.cli", "profile", "--method", method, "--space", "darts",
+def profile_cmd(method: str, c: dict, n: int) -> list[str]:
+    cmd = [PY, "-m", "diffnas.cli", "profile", "--method", method, "--space", c["space"],
            "--channels", str(c["channels"]), "--layers", str(c["layers"]), "--batch-size",
            str(c["batch"]), "--input-size", str(c["size"]), "--in-channels", str(c["in_ch"]),
            "--iters", str(2 * n), "--warmup", str(n), "--device", "cpu", "--json"]
@@ -119,7 +128,7 @@ def profile_cmd(method: str, c: dict[str, int], n: int) -> list[str]:
     return cmd
 
 
-def measure(name: str, c: dict[str, int], n: int, repeats: int, timeout: float) -> dict:
+def measure(name: str, c: dict, n: int, repeats: int, timeout: float) -> dict:
     runs: dict[str, list] = {"darts": [], "cdarts": []}
     for r in range(repeats):
         for method in ("darts", "cdarts") if r % 2 == 0 else ("cdarts", "darts"):
@@ -147,7 +156,7 @@ def render(data: dict) -> str:
              f"{load_range(data['configs'])} (per run in the JSON); FLOPs are exact and load-free. "
              "A CDARTS iteration = joint step (α + w_E, Eq. 8) "
              "+ w_S step (Eq. 6) + (S_E/S_U = 1) × one separate-learning step of E (Eq. 7); "
-             "E's rebuild (once per S_U = 1 epoch) is listed apart.", "",
+             "E's rebuild (once per cycle) is listed apart.", "",
              f"- Machine: {m['cpu']}, {m['nproc']} CPUs; torch {m['torch']}; {data['updated']}",
              ""]
     for name, res in data["configs"].items():
@@ -159,8 +168,9 @@ def render(data: dict) -> str:
         f_it = None if fj is None or fs is None else fj + fs
         g = (lambda x: None if x is None else x / 1e9)  # noqa: E731
         lines += [
-            f"### `{name}`: S {c['layers']} cells × {c['channels']} ch, E {c['e_layers']} × "
-            f"{c['e_channels']}, batch {c['batch']} × {c['size']}²×{c['in_ch']} "
+            f"### `{name}`: {c.get('space', 'darts')} space, S {c['layers']} cells × "
+            f"{c['channels']} ch, E {c['e_layers']} × {c['e_channels']}, batch {c['batch']} × "
+            f"{c['size']}²×{c['in_ch']} "
             f"({len(d)} repeats, {c['n']} timed steps per phase)", "",
             "| | s / step | GFLOP / step |", "|---|---|---|",
             f"| DARTS 1st order: iteration | {fmt(t_d)} | {fmt(g(fd), 2)} |",
@@ -173,15 +183,16 @@ def render(data: dict) -> str:
             "",
             f"E: `{f.get('e_genotype', '?')}` (the discretised initial α, seed 2), "
             f"{fmt(f.get('e_params') and f['e_params'] / 1e6, 2)} M parameters; a rebuild "
-            f"(build + `load_shared` + new optimiser) {fmt(f.get('rebuild_s'), 3)} s, once per "
-            "S_U.", ""]
+            f"(build + weights from the pool + new optimiser) {fmt(f.get('rebuild_s'), 3)} s, "
+            "once per cycle.", ""]
     lines += data.get("notes", [])
     return "\n".join(lines).rstrip() + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", default="paper,cpu", help=f"of {', '.join(CONFIGS)}")
+    p.add_argument("--configs", default="paper,e36,imagenet,cpu",
+                   help=f"of {', '.join(CONFIGS)}")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--n", type=int, default=3, help="S_E = S_U = n steps; n timed per phase")
     p.add_argument("--timeout", type=float, default=1800)

@@ -48,40 +48,35 @@ both kinds: the paper's 30 CIFAR epochs with S_E = S_U = 1 epoch are 30 cycles =
 epochs. E's separate-learning cost therefore lands in the loop's step time and is amortised
 over the S_U search iterations of its cycle.
 
-Deviations (paper text, reference code, ours):
+Deviations (paper says / reference code does / we do, because):
 
-- Paper: embedding modules after each stage; Cream: a deeper head (two convs, 768 channels)
-  shared by S and E, frozen on CIFAR; ours: linear probes on the *detached* stage features
-  (S's in the w_S step, E's in E's steps), so Eq. (6)-(7) stay exact for the networks' bodies;
-  in the joint step only E's receive the distillation gradient (they are part of w_E).
-- Paper: separate w_S and w_E; Cream: S and E share the stem (E's optimiser moves it too) and
-  S's classifier; ours: E has its own stem and classifier (kept across rebuilds by the pool),
-  so Eq. (7) trains w_E alone.
-- Cream's pool is a one-shot network holding every op of every edge from the start; ours fills
-  lazily: an op's weights enter the pool when E first uses it (freshly initialised, as the
-  pool's untouched ops are in Cream) — the same weights whenever E holds the op.
-- Paper: w_E by SGD; Cream: ``nasnet_lr``, momentum and weight decay of w_S, optimiser
-  re-created at every cycle; ours the same (``e_lr``, default ``w_lr``), gradients clipped at
-  ``grad_clip``.
-- Paper (as the issue reads it): Adam betas (0.5, 0.99), α weight decay 3e-4 on CIFAR; the
-  reference scripts: betas (0.5, 0.999), α weight decay 0 (CIFAR) / 1e-5 (ImageNet); CIFAR and
-  NAS-Bench-201 presets keep the paper's values (unchanged from the issue that set them).
-- Paper (as the issue reads it): ImageNet search weight decay 3e-5 for w_S and α; the only
-  published ImageNet search script (``run_search_imagenet.sh``) passes 1e-5 for both; the
-  preset follows the script (``--set w_weight_decay=3e-5 --set a_weight_decay=3e-5`` gives
-  the paper text).
-- Paper Eq. (11): ‖α_skip‖₁; Cream (``lib/core/search_function.py``) penalises max_pool_3x3,
-  avg_pool_3x3 and skip_connect in both cell kinds; the DARTS-space presets follow Cream
+- Embedding modules: paper after each stage; Cream a two-conv 768-channel head shared by S
+  and E, frozen on CIFAR; ours linear probes on *detached* stage features, so Eq. (6)-(7) stay
+  exact for the networks' bodies (in the joint step only E's take the distillation gradient).
+- Stem: paper keeps w_S and w_E apart; Cream lets S and E share the stem (E's optimiser moves
+  it); ours gives E its own stem and classifier (kept by the pool) so Eq. (7) trains w_E only.
+- Pool: Cream's is a one-shot network holding every op of every edge from the start; ours
+  fills as E first uses an op (fresh weights then, as Cream's untouched ops) — same weights.
+- α optimiser: paper Adam betas (0.5, 0.99), α weight decay 3e-4; reference scripts betas
+  (0.5, 0.999), decay 0 (CIFAR) / 1e-5 (ImageNet); CIFAR and NAS-Bench-201 presets keep the
+  paper's, the ImageNet preset the script's (below).
+- ImageNet weight decay: paper 3e-5 (w_S and α); ``run_search_imagenet.sh`` 1e-5 for both,
+  which produced the published cells; preset 1e-5 (``--set w_weight_decay=3e-5 --set
+  a_weight_decay=3e-5`` gives the paper text).
+- Eq. (11) ops: paper ‖α_skip‖₁; Cream (``lib/core/search_function.py``) max_pool_3x3,
+  avg_pool_3x3 and skip_connect in both cell kinds; DARTS-space presets follow Cream
   (``--opt l1_ops=skip_connect`` gives the paper text).
-- Cream's NAS-Bench-201 code, with ``--regular``, penalises the mean |α_none| over the edges
-  (no script says whether the published runs used it); the preset keeps ℓ1 off (the
-  benchmark's protocol); ``--opt l1_ops=none --opt l1_coeff=...`` gives the penalty (as a sum).
-- Paper Eq. (8): L^S + L^E + λ·L^{S,E}; Cream weights (CE_S + CE_E)/λ_code + λ_code·D with
-  nn.KLDivLoss' element mean (ImageNet script) or smooth-ℓ1 on the logits (CIFAR script,
-  ``--interactive_type 3``), λ_code = 1, on an ensemble of the stage heads; ours Eq. (8) as
-  written, KL per stage.
-- Cream's NAS-Bench-201 E is argmax per edge with ``none`` and can be disconnected (then at
-  chance, and its distillation pulls S the same way); ours repairs E (:func:`connect`).
+- NAS-Bench-201 ℓ1: Cream's ``benchmark201`` code with ``--regular`` penalises mean |α_none|
+  (no script says the published runs used it); preset off (the benchmark's protocol);
+  ``--opt l1_ops=none --opt l1_coeff=...`` gives the penalty, summed over the 6 edges.
+- Eq. (8): paper L^S + L^E + λ·L^{S,E}; Cream (CE_S + CE_E)/λ' + λ'·D (λ' = 1) with D the
+  KL's element mean (ImageNet script) or smooth-ℓ1 of the logits (CIFAR script,
+  ``--interactive_type 3``) of an ensemble of the stage heads; ours Eq. (8) as written, KL per
+  stage.
+- CIFAR schedule: paper 30 epochs; Cream's CIFAR script adds 2 warm-up epochs (pretrain_epochs
+  2 of search_iter 32) and uses w_lr = nasnet_lr 0.08; preset the paper's (0.1, no warm-up).
+- NAS-Bench-201 E: Cream builds it from the argmax with ``none`` and so can disconnect it (then
+  at chance, its distillation pulling S the same way); ours builds E from :func:`connect`.
 - E sees the val batch the objective prepared (masked images under the MIM objective); E's
   loss is plain cross-entropy, S's is the objective's (so MIM composes with S).
 """
