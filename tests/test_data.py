@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import gzip
 import io
 import os
@@ -491,6 +492,10 @@ def test_augment_cuda_matches_cpu():
     gpu = aug(x.cuda(), torch.Generator().manual_seed(4))
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu)
+    jit = BatchAugment(MEAN, STD, flip=True, color_jitter=(0.4, 0.4, 0.4, 0.2))
+    cpu = jit(x, torch.Generator().manual_seed(5))
+    gpu = jit(x.cuda(), torch.Generator().manual_seed(5))
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
 
 
 # --------------------------------------------------------------------------- batching
@@ -552,3 +557,91 @@ def test_image_dataset_properties():
         flip=True,
     )
     assert ds.in_channels == 3 and ds.image_size == 6 and ds.hw == (6, 5) and ds.num_classes == 2
+
+
+# --------------------------------------------------------------------------- colour jitter
+JITTER = (0.4, 0.4, 0.4, 0.2)  # the DARTS-family ImageNet recipes' ColorJitter
+
+
+def reference_jitter(img: torch.Tensor, factors: list[float], order: list[int]) -> torch.Tensor:
+    """One image [3, H, W] in [0, 1], pixel by pixel with colorsys, torchvision's definitions."""
+    out = img.double().clone()
+    for j in order:
+        f = factors[j]
+        grey = 0.2989 * out[0] + 0.587 * out[1] + 0.114 * out[2]
+        if j == 0:
+            out = (f * out).clamp(0, 1)
+        elif j == 1:
+            out = (f * out + (1 - f) * grey.mean()).clamp(0, 1)
+        elif j == 2:
+            out = (f * out + (1 - f) * grey).clamp(0, 1)
+        else:
+            for yy in range(out.shape[1]):
+                for xx in range(out.shape[2]):
+                    h, s, v = colorsys.rgb_to_hsv(*out[:, yy, xx].tolist())
+                    out[:, yy, xx] = torch.tensor(colorsys.hsv_to_rgb((h + f) % 1.0, s, v))
+    return out.float()
+
+
+def test_color_jitter_factors_in_range_and_orders_are_permutations():
+    aug = BatchAugment(MEAN, STD, color_jitter=JITTER)
+    p = aug.draw(20_000, 4, 4, torch.Generator().manual_seed(0))
+    assert p.jitter.shape == (20_000, 4) and p.jitter_order.shape == (20_000, 4)
+    bcs, hue = p.jitter[:, :3], p.jitter[:, 3]
+    assert bcs.min() >= 0.6 and bcs.max() <= 1.4 and hue.abs().max() <= 0.2
+    # uniform: mean at the centre, spread over the whole range
+    torch.testing.assert_close(bcs.mean(0), torch.ones(3), atol=0.01, rtol=0)
+    assert abs(float(hue.mean())) < 0.005 and bcs.min() < 0.61 and hue.max() > 0.19
+    assert torch.equal(p.jitter_order.sort(dim=1).values, torch.arange(4).expand(20_000, 4))
+    first = torch.bincount(p.jitter_order[:, 0], minlength=4) / 20_000
+    torch.testing.assert_close(first, torch.full((4,), 0.25), atol=0.02, rtol=0)
+    # a strength above 1 cannot give a negative factor (torchvision clamps the range at 0)
+    strong = BatchAugment(MEAN, STD, color_jitter=(1.5, 0, 0, 0)).draw(
+        1000, 4, 4, torch.Generator().manual_seed(1))
+    assert strong.jitter[:, 0].min() >= 0 and strong.jitter[:, 0].max() <= 2.5
+    assert torch.equal(strong.jitter[:, 1:3], torch.ones(1000, 2))
+
+
+def test_color_jitter_identity_at_zero_strength_and_at_identity_factors():
+    x = batch(b=6)
+    off = BatchAugment(MEAN, STD, crop_padding=2, flip=True, cutout=3)
+    zero = BatchAugment(MEAN, STD, crop_padding=2, flip=True, cutout=3,
+                        color_jitter=(0, 0, 0, 0))
+    assert zero.draw(6, 12, 12).jitter is None
+    assert torch.equal(off(x, torch.Generator().manual_seed(2)),
+                       zero(x, torch.Generator().manual_seed(2)))
+    aug = BatchAugment(MEAN, STD, color_jitter=JITTER)
+    p = aug.draw(6, 12, 12, torch.Generator().manual_seed(3))
+    p.jitter = torch.tensor([[1.0, 1.0, 1.0, 0.0]]).expand(6, 4).clone()
+    torch.testing.assert_close(aug.apply(x, p), plain_norm(x), atol=1e-5, rtol=0)
+    p.jitter[:, 3] = 1.0  # a full turn of hue
+    torch.testing.assert_close(aug.apply(x, p), plain_norm(x), atol=1e-4, rtol=0)
+
+
+def test_color_jitter_batched_equals_per_image_reference():
+    x = batch(b=5, h=5, w=4, seed=7)
+    aug = BatchAugment(MEAN, STD, color_jitter=JITTER)
+    p = aug.draw(5, 5, 4, torch.Generator().manual_seed(9))
+    assert len({tuple(o) for o in p.jitter_order.tolist()}) > 1  # orders differ per sample
+    out = aug.apply(x, p)
+    for i in range(5):
+        ref = reference_jitter(x[i].float() / 255, p.jitter[i].tolist(),
+                               p.jitter_order[i].tolist())
+        expected = (ref - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+        torch.testing.assert_close(out[i], expected, atol=1e-4, rtol=0)
+    # one adjustment alone, including a factor that clips
+    solo = BatchAugment((0.0,), (1.0,), color_jitter=(0.9, 0.0, 0.0, 0.0))
+    g = torch.full((2, 1, 2, 2), 200, dtype=torch.uint8)
+    q = solo.draw(2, 2, 2)
+    q.jitter[:, 0] = torch.tensor([1.5, 0.5])
+    torch.testing.assert_close(solo.apply(g, q)[:, 0, 0, 0], torch.tensor([1.0, 100 / 255]))
+
+
+def test_color_jitter_bad_strengths():
+    with pytest.raises(DiffnasError, match="four strengths"):
+        BatchAugment(MEAN, STD, color_jitter=(0.4, 0.4, 0.4))
+    with pytest.raises(DiffnasError, match="hue <= 0.5"):
+        BatchAugment(MEAN, STD, color_jitter=(0.4, 0.4, 0.4, 0.6))
+    with pytest.raises(DiffnasError, match="need RGB"):
+        BatchAugment((0.5,), (0.2,), color_jitter=(0.4, 0.4, 0.4, 0.0))
+    BatchAugment((0.5,), (0.2,), color_jitter=(0.4, 0.4, 0, 0))  # grey: brightness, contrast
