@@ -360,8 +360,7 @@ class CDARTS(SearchMethod):
         if connected(genotype):
             return genotype
         assert isinstance(genotype, NB201Genotype)
-        (weights,) = self.alpha_weights().values()
-        return connect(genotype, weights, self.net.op_names)
+        return connect(genotype, self.alpha_weights()["cell"], self.net.op_names)
 
     def _pool_in(self) -> None:
         """E's weights into the pool (Cream ``copy_params_from_nas_layer``)."""
@@ -550,10 +549,11 @@ class CDARTS(SearchMethod):
         cell with no input→output path is returned as derived, with a warning."""
         genotype = self.discretise()
         if self.progress >= 1.0 and not connected(genotype):
+            e = (f"; the evaluation network was built from {self.eval_genotype}"
+                 if self.eval_genotype is not None else "")
             warnings.warn(f"CDARTS result {genotype} has no path from the cell's input to its "
-                          "output (none on every path): a network built from it outputs a "
-                          "constant; its evaluation network was built from "
-                          f"{self.eval_genotype}", RuntimeWarning, stacklevel=2)
+                          "output (none on every path): a network built from it outputs the "
+                          f"same logits for every image{e}", RuntimeWarning, stacklevel=2)
         return genotype
 
     def epoch_metrics(self) -> dict[str, Any]:
