@@ -40,6 +40,54 @@ def test_darts_recipes_are_the_papers():
         250, 128, 0.1, "exponential", 0.97, 3e-5, 0.1, 0.4, "imagenet", 224)
     assert {"darts-cifar", "darts-imagenet", "pdarts-imagenet", "cpu"} <= set(TRAIN_PRESETS)
     assert resolve_train_config("cpu").dataset == "fashion-mnist"
+    # every reference ImageNet script applies ColorJitter(0.4, 0.4, 0.4, 0.2); CIFAR ones none
+    for name in ("darts-imagenet", "pdarts-imagenet", "semantic-imagenet", "cdarts-imagenet"):
+        assert resolve_train_config(name).color_jitter == (0.4, 0.4, 0.4, 0.2), name
+    off = (0.0, 0.0, 0.0, 0.0)
+    assert c.color_jitter == off == resolve_train_config("cdarts-cifar").color_jitter
+
+
+def test_semantic_and_cdarts_recipes_are_the_reference_scripts():
+    fields = ("epochs", "batch_size", "lr", "schedule", "warmup_epochs", "momentum",
+              "weight_decay", "label_smoothing", "auxiliary_weight", "drop_path", "cutout",
+              "grad_clip", "network", "image_size")
+    values = lambda c: tuple(getattr(c, f) for f in fields)  # noqa: E731
+    # Semantic-DARTS train_imagenet_dist.py defaults (commit d525eed)
+    assert values(resolve_train_config("semantic-imagenet")) == (
+        250, 1024, 0.5, "linear", 5, 0.9, 3e-5, 0.1, 0.0, 0.0, 0, 5.0, "imagenet", 224)
+    # CDARTS scripts/run_retrain_cifar_1gpu.sh and run_retrain_imagenet.sh (8 GPUs × 128)
+    assert values(resolve_train_config("cdarts-cifar")) == (
+        600, 128, 0.025, "cosine", 0, 0.9, 5e-4, 0.0, 0.4, 0.3, 16, 5.0, "cifar", None)
+    assert values(resolve_train_config("cdarts-imagenet")) == (
+        250, 1024, 0.5, "cosine", 5, 0.9, 3e-5, 0.1, 0.4, 0.0, 0, 5.0, "imagenet", 224)
+    for name in ("semantic-imagenet", "cdarts-cifar", "cdarts-imagenet"):
+        desc = TRAIN_PRESETS[name][0]
+        assert ("d525eed" if name.startswith("semantic") else "baaf64a") in desc, name
+    assert resolve_train_config("cdarts-cifar").lr_min == 0.0
+
+
+def reference_semantic_lr(epoch, epochs=250, base=0.5):
+    """Semantic-DARTS train_imagenet_dist.py: adjust_lr, then the warm-up of epochs < 5."""
+    if epochs - epoch > 5:
+        lr = base * (epochs - 5 - epoch) / (epochs - 5)
+    else:
+        lr = base * (epochs - epoch) / ((epochs - 5) * 5)
+    return lr * (epoch + 1) / 5.0 if epoch < 5 else lr
+
+
+def test_warmup_and_linear_decay_as_the_reference():
+    c = resolve_train_config("semantic-imagenet")
+    for e in range(250):
+        assert lr_at(c, e) == pytest.approx(reference_semantic_lr(e), rel=1e-12, abs=0), e
+    assert lr_at(c, 0) == pytest.approx(0.1)  # 0.5 · 245/245 · 1/5
+    assert lr_at(c, 4) == pytest.approx(0.5 * 241 / 245)
+    assert lr_at(c, 5) == pytest.approx(0.5 * 240 / 245) and lr_at(c, 5) < lr_at(c, 4)
+    assert lr_at(c, 249) == pytest.approx(0.5 / (245 * 5))
+    # CDARTS ImageNet: cosine (CosineAnnealingLR(250)) times the same warm-up
+    d = resolve_train_config("cdarts-imagenet")
+    assert lr_at(d, 0) == pytest.approx(0.1)
+    assert lr_at(d, 2) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 2 / 250)) * 3 / 5)
+    assert lr_at(d, 5) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 5 / 250)))
 
 
 def test_schedules():
@@ -56,6 +104,40 @@ def test_schedules():
     assert lr_at(w, 0) == pytest.approx(0.5 / 5)  # warm-up: (epoch + 1) / 5 of the schedule
     assert lr_at(w, 4) == pytest.approx(0.5 * 241 / 245)
     assert lr_at(w, 5) == pytest.approx(0.5 * 240 / 245)
+
+
+def test_best_and_final_test_accuracy():
+    history = [{"epoch": 0, "test_acc": 0.5, "test_top5": 0.9},
+               {"epoch": 1, "test_acc": 0.7, "test_top5": 0.88},
+               {"epoch": 2},  # not evaluated
+               {"epoch": 3, "test_acc": 0.7, "test_top5": 0.95}]
+    final = {"epoch": 4, "test_acc": 0.6, "test_top5": 0.93}
+    best = train_mod.best_test(history + [final], final)
+    # the first epoch reaching the best top-1; top-5's best is tracked on its own
+    assert best == {"best_test_acc": 0.7, "best_epoch": 1, "test_top5": 0.93,
+                    "best_test_top5": 0.95}
+    assert train_mod.best_test([], {"epoch": 0, "test_acc": 0.2}) == {
+        "best_test_acc": 0.2, "best_epoch": 0}
+
+
+def test_top5_by_hand():
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):  # 12 classes; sample i ranks class 11 first, then 10, 9, ...
+            return torch.arange(12.0).expand(len(x), 12) + 0 * self.w
+
+    class Stream:
+        def epoch(self, e):
+            yield torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([11, 7, 6, 0])
+
+    t = train_mod.Trainer(tiny_train(), Fixed(), torch.device("cpu"))
+    loss, top1, top5 = t.evaluate(Stream(), train_mod.BatchAugment((0.0,), (1.0,)))
+    assert (top1, top5) == (0.25, 0.5)  # 11 is first; 7 is 5th; 6 and 0 are out of the top 5
+    assert loss == pytest.approx(float(torch.nn.functional.cross_entropy(
+        torch.arange(12.0).expand(4, 12), torch.tensor([11, 7, 6, 0]))))
 
 
 def test_bad_config():
@@ -79,7 +161,10 @@ def test_train_writes_a_run_folder(tmp_path):
     assert [r["epoch"] for r in lines] == [0, 1]
     assert lines[0]["drop_path_prob"] == 0.0 and lines[1]["drop_path_prob"] == pytest.approx(0.1)
     result = json.loads((run / "result.json").read_text())
-    assert result["test_acc"] == res.test_acc == lines[-1]["test_acc"]
+    assert result["test_acc"] == res.test_acc == lines[-1]["test_acc"]  # the final epoch's
+    best = max(lines, key=lambda r: r["test_acc"])
+    assert result["best_test_acc"] == best["test_acc"] and result["best_epoch"] == best["epoch"]
+    assert "test_top5" not in result and "test_top5" not in lines[-1]  # 10 classes: top-1 only
     assert 0.0 <= res.test_acc <= 1.0 and result["test_images"] == 64
     assert result["params"] > 0 and result["madds"] > 0 and result["params_aux"] > 0
     assert result["genotype_source"] == "DARTS_V2"
@@ -140,12 +225,12 @@ def test_cpu_device_has_no_amp():
 
 
 # ------------------------------------------------------------------ ImageNet-style folders
-def _image_folder(root, sizes):
+def _image_folder(root, sizes, classes=("cat", "dog")):
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
-        for c in ("cat", "dog"):
+        for c in classes:
             d = root / split / c
             d.mkdir(parents=True)
             for i, (w, h) in enumerate(sizes):
@@ -194,3 +279,21 @@ def test_train_on_an_imagenet_style_folder(tmp_path):
     res = train(cfg, out=tmp_path / "run", progress=False)
     assert res.result["network"] == "NetworkImageNet" and res.result["input_size"] == 32
     assert res.result["test_images"] == 8
+
+
+def test_imagenet_folder_with_colour_jitter_reports_top5(tmp_path):
+    classes = [f"c{i:02d}" for i in range(12)]
+    root = _image_folder(tmp_path / "inet", [(40, 36), (36, 44)], classes)
+    cfg = tiny_train(dataset=f"imagenet:{root}", network="auto", image_size=32, subset=None,
+                     test_subset=None, epochs=2, batch_size=8, cutout=0, workers=2,
+                     color_jitter=(0.4, 0.4, 0.4, 0.2))
+    res = train(cfg, out=tmp_path / "run", progress=False)
+    r = res.result
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert r["test_top5"] == lines[-1]["test_top5"] and r["test_acc"] <= r["test_top5"]
+    assert r["best_test_top5"] == max(x["test_top5"] for x in lines)
+    assert r["best_test_acc"] == max(x["test_acc"] for x in lines)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["color_jitter"] == [
+        0.4, 0.4, 0.4, 0.2]
+    with pytest.raises(DiffnasError, match="four strengths"):
+        tiny_train(color_jitter=(0.4, 0.4))

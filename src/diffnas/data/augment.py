@@ -74,6 +74,17 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return v.unsqueeze(1) * (1 - sat.unsqueeze(1) * ramp)
 
 
+def check_color_jitter(strengths: Sequence[float]) -> tuple[float, float, float, float]:
+    """``strengths`` as four floats (brightness, contrast, saturation, hue), or an error."""
+    jitter = tuple(float(v) for v in strengths)
+    if len(jitter) != 4 or any(v < 0 for v in jitter) or jitter[3] > 0.5:
+        raise DiffnasError(
+            "colour jitter needs four strengths (brightness, contrast, saturation, hue), "
+            f"each >= 0 and hue <= 0.5, got {tuple(strengths)}"
+        )
+    return jitter  # type: ignore[return-value]
+
+
 def adjust(x: torch.Tensor, op: str, factor: torch.Tensor) -> torch.Tensor:
     """One colour adjustment of float images in [0, 1] ``[B, C, H, W]``, a factor per sample:
     brightness (blend with black), contrast (blend with the image's mean luma), saturation
@@ -112,12 +123,7 @@ class BatchAugment:
             raise DiffnasError(
                 f"crop padding and cutout must be >= 0, got {crop_padding} and {cutout}"
             )
-        jitter = tuple(float(v) for v in color_jitter)
-        if len(jitter) != 4 or any(v < 0 for v in jitter) or jitter[3] > 0.5:
-            raise DiffnasError(
-                "colour jitter needs four strengths (brightness, contrast, saturation, hue), "
-                f"each >= 0 and hue <= 0.5, got {tuple(color_jitter)}"
-            )
+        jitter = check_color_jitter(color_jitter)
         if len(mean) != 3 and (jitter[2] > 0 or jitter[3] > 0):
             raise DiffnasError(
                 f"saturation and hue jitter need RGB images, these have {len(mean)} channel(s)"

@@ -9,7 +9,8 @@ by necessity (Pillow, in a thread pool: decoding and resampling release the GIL)
 folded into that one resize call (``Image.resize(box=...)``), and the crop boxes are drawn for
 the whole batch at once. The flip and normalisation are batched tensor operations
 (:class:`~diffnas.data.BatchAugment` with ``flip=True``), so streams yield unflipped uint8
-crops. The DARTS recipe's colour jitter is not applied.
+crops. So is the recipes' ``ColorJitter(0.4, 0.4, 0.4, 0.2)``, after the flip
+(``BatchAugment(color_jitter=...)``; the ImageNet train presets switch it on).
 
 Every random draw comes from a generator seeded by ``(seed, epoch)``, so a resumed epoch sees
 the same batches.
