@@ -48,7 +48,11 @@ GENERIC_OPTIONS: dict[str, Any] = {
     "w_first": False,          # update w before α in a step (GDAS' reference order)
     "nesterov": False,         # Nesterov momentum for the weights' SGD (GDAS' configs)
     "arch_warmup_epochs": 0,   # epochs at the start in which α is not updated
+    "arch_optimizer": "adam",  # adam (betas a_betas) or sgd (no momentum; SNAS' 1-GPU code)
+    "single_level": False,     # the α step uses the train batch too (SNAS; a FairDARTS option)
     "drop_none": False,        # build the supernet without the `none` op (FairDARTS)
+    "partial_channels": 1,     # ops on C/K channels of each edge, K > 1 (PC-DARTS Eq. 2)
+    "edge_norm": False,        # β per edge, softmaxed per node (PC-DARTS Eq. 3)
 }
 
 
@@ -89,8 +93,16 @@ class SearchMethod(EdgePolicy):
         self.w_opt = torch.optim.SGD(self.w_params, lr=cfg.w_lr, momentum=cfg.w_momentum,
                                      weight_decay=cfg.w_weight_decay,
                                      nesterov=bool(self.opts["nesterov"]))
-        self.a_opt = torch.optim.Adam(self.a_params, lr=cfg.a_lr, betas=cfg.a_betas,
-                                      weight_decay=cfg.a_weight_decay)
+        self.a_opt: torch.optim.Optimizer
+        if self.opts["arch_optimizer"] == "sgd":
+            self.a_opt = torch.optim.SGD(self.a_params, lr=cfg.a_lr,
+                                         weight_decay=cfg.a_weight_decay)
+        elif self.opts["arch_optimizer"] == "adam":
+            self.a_opt = torch.optim.Adam(self.a_params, lr=cfg.a_lr, betas=cfg.a_betas,
+                                          weight_decay=cfg.a_weight_decay)
+        else:
+            raise DiffnasError(f"method {self.name!r} option arch_optimizer="
+                               f"{self.opts['arch_optimizer']!r} is unknown; valid: adam, sgd")
         # parts last: they may read (and adjust) everything above
         self.weighting: Weighting = chosen["weighting"][0](self, self.opts)  # type: ignore[assignment]
         self.edges: EdgeComputation = chosen["edges"][0](self, self.opts)  # type: ignore[assignment]
@@ -136,6 +148,10 @@ class SearchMethod(EdgePolicy):
         if opts["drop_none"]:
             ops = inspect.signature(SPACES[cfg.space]).parameters["op_names"].default
             out["op_names"] = tuple(o for o in ops if o != "none")
+        if opts["partial_channels"] != 1:  # only non-defaults: other supernets stay as they were
+            out["partial_channels"] = int(opts["partial_channels"])
+        if opts["edge_norm"]:
+            out["edge_norm"] = True
         for ps in chosen.values():
             for p in ps:
                 out.update(p.supernet_options(opts))
@@ -194,15 +210,17 @@ class SearchMethod(EdgePolicy):
 
     def step(self, train: Batch, val: Batch) -> dict[str, float]:
         """One search step: α on a val batch, then w on a train batch (DARTS Alg. 1); w first
-        with ``w_first``; w only during ``arch_warmup_epochs``."""
+        with ``w_first``, α on the train batch with ``single_level``, w only during
+        ``arch_warmup_epochs``."""
         a_out: LossOutput | None = None
+        a_batch = train if self.opts["single_level"] else val
         if self.opts["w_first"]:
             w_out = self.weight_step(train)
             if not self.arch_frozen():
-                a_out = self.arch_step(val, train)
+                a_out = self.arch_step(a_batch, train)
         else:
             if not self.arch_frozen():
-                a_out = self.arch_step(val, train)
+                a_out = self.arch_step(a_batch, train)
             w_out = self.weight_step(train)
         self.global_step += 1
         stats = {"loss": w_out.loss.item()}
@@ -337,7 +355,10 @@ def add_terms(out: LossOutput, terms: list[dict[str, torch.Tensor]]) -> LossOutp
 
 
 def grads_of(loss: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor]:
-    """Gradients of ``loss`` w.r.t. ``params`` only (zeros for unused ones)."""
+    """Gradients of ``loss`` w.r.t. ``params`` only (zeros for unused ones, and for all when the
+    loss does not depend on any: e.g. a sampled sub-network whose every path draws ``none``)."""
+    if not loss.requires_grad:
+        return [torch.zeros_like(p) for p in params]
     gs = torch.autograd.grad(loss, params, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs, strict=True)]
 

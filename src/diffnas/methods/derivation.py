@@ -4,7 +4,7 @@
   ranks edges by its edge strengths: × softmax(β) with edge normalisation): DARTS §2.4
   (per node the two strongest incoming edges, each with its strongest non-``none`` op) in the
   DARTS space, the per-edge argmax in NAS-Bench-201.
-- ``threshold``: FairDARTS (Chu et al., ECCV 2020) §3.3 and its reference's default
+- ``threshold``: FairDARTS (Chu et al., ECCV 2020) and its reference's default
   ``parse_method=threshold_sparse`` (xiaomi-automl/FairDARTS ``fairdarts/utils.py parse``): per
   node the two edges whose strongest op is strongest, and an edge keeps its strongest op only
   if σ(α) ≥ ``op_threshold`` (0.85); the threshold applies to the weighting's weights.
@@ -37,7 +37,7 @@ class Argmax(Derivation):
 @register_part
 class Threshold(Derivation):
     name = "threshold"
-    paper = ("FairDARTS (Chu et al., ECCV 2020) §3.3: keep an op only if its σ(α) ≥ "
+    paper = ("FairDARTS (Chu et al., ECCV 2020): keep an op only if its σ(α) ≥ "
              "op_threshold (reference parse_method threshold_sparse)")
     options = {"op_threshold": 0.85}
 

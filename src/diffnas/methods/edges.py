@@ -2,7 +2,7 @@
 
 - ``all``: every op of the edge, weighted (DARTS Eq. 2 and every relaxation of it); ``none``
   is skipped, which changes neither the output nor any gradient (it outputs zeros).
-- ``one``: one op per edge (GDAS, Dong & Yang, CVPR 2019, Eq. (5)-(6); SNAS' hard variant):
+- ``one``: one op per edge (GDAS, Dong & Yang, CVPR 2019; SNAS' hard variant):
   the op ``k = argmax_o w_o`` of the weighting's sample w (with ``weighting=gumbel`` the
   Gumbel-max draw), and only that op is computed. Its weight is the straight-through
   ``h_k = 1 − sg(w_k) + w_k``: the forward value is exactly 1, the backward is ∂w_k/∂α, which
@@ -11,7 +11,7 @@
 
 Deviation: GDAS' reference forward (AutoDL-Projects ``forward_gdas``) also adds the other ops'
 hard weights h_o (value 0) to the edge output, which adds Σ∂L/∂y to their gradients; we add
-nothing, so ∂L/∂α_j = ⟨∂L/∂y, op_k(x)⟩·∂w_k/∂α_j, as in the GDAS paper's Eq. (6).
+nothing, so ∂L/∂α_j = ⟨∂L/∂y, op_k(x)⟩·∂w_k/∂α_j (the straight-through estimator as such).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def straight_through_one_hot(weights: torch.Tensor) -> tuple[torch.Tensor, torch
 @register_part
 class OneOp(EdgeComputation):
     name = "one"
-    paper = ("GDAS (Dong & Yang, CVPR 2019) Eq. (5)-(6): one op per edge, the argmax of the "
+    paper = ("GDAS (Dong & Yang, CVPR 2019): one op per edge, the argmax of the "
              "sample, straight-through weight; only that op is computed")
 
     def policy(self, supernet: Supernet, kind: str, weights: torch.Tensor) -> EdgeWeights:

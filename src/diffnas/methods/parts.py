@@ -220,5 +220,5 @@ def describe_parts() -> list[str]:
     for slot in SLOTS:
         for name, p in sorted(PARTS[slot].items()):
             opts = ", ".join(f"{k}={v}" for k, v in p.options.items())
-            lines.append(f"{slot + '=' + name:<24} {p.paper}" + (f" [{opts}]" if opts else ""))
+            lines.append(f"{slot + '=' + name:<26} {p.paper}" + (f" [{opts}]" if opts else ""))
     return lines

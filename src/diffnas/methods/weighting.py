@@ -5,18 +5,19 @@ Every part gives ``weights(α)`` (deterministic: derivation, logging, evaluation
 ones, from torch's global generator, which the search loop re-seeds every epoch).
 
 - ``softmax``: DARTS (Liu et al., ICLR 2019) Eq. (2).
-- ``sigmoid``: FairDARTS (Chu et al., ECCV 2020) §3.2: each op's weight σ(α_o) on its own,
-  so ops do not compete (no exclusive competition).
+- ``sigmoid``: FairDARTS (Chu et al., ECCV 2020): each op's weight σ(α_o) on its own, so
+  ops do not compete ("no exclusive competition").
 - ``relu``: STC-NAS (Neurocomputing 2022) Eq. (3): ReLU(α_o).
-- ``gumbel``: Gumbel-softmax of softmax(α): GDAS (Dong & Yang, CVPR 2019) Eq. (3)-(5) and SNAS
-  (Xie et al., ICLR 2019) Eq. (2); the sample is ``softmax((log softmax(α) + g) / τ)``,
+- ``gumbel``: Gumbel-softmax of softmax(α): GDAS (Dong & Yang, CVPR 2019) and SNAS (Xie et
+  al., ICLR 2019); the sample is ``softmax((log softmax(α) + g) / τ)``,
   g ~ Gumbel(0, 1). With ``edges=one`` its argmax is the Gumbel-max draw and the edge runs
   that op with a straight-through weight (GDAS' hard sample); with ``edges=all`` every op is
   weighted by the soft sample (SNAS). τ follows a per-epoch schedule from ``tau_max`` to
-  ``tau_min``: ``linear`` is GDAS' τ_e = τ_max − (τ_max − τ_min)·e/(E − 1)
-  (AutoDL-Projects exps/NAS-Bench-201-algos/GDAS.py); ``exp`` is SNAS' exponential decay
+  ``tau_min``: ``linear`` is τ_e = τ_max − (τ_max − τ_min)·e/(E − 1), GDAS'
+  (AutoDL-Projects exps/NAS-Bench-201-algos/GDAS.py) and, up to a one-epoch shift, SNAS'
+  (SNAS-Series SNAS/utils.py ``Temp_Scheduler``); ``exp`` is the geometric alternative
   τ_e = τ_max·(τ_min/τ_max)^{e/(E − 1)}.
-- ``dirichlet``: DrNAS (Chen et al., ICLR 2021) Eq. (2)-(3): θ ~ Dir(β), β = ELU(α) + 1,
+- ``dirichlet``: DrNAS (Chen et al., ICLR 2021): θ ~ Dir(β), β = ELU(α) + 1,
   sampled with the pathwise (implicit reparameterisation) gradient ``rsample``; ``weights``
   is the mean β / Σβ, whose argmax is that of α (the reference derives from softmax(α):
   the same argmax).
@@ -50,7 +51,7 @@ class Softmax(Weighting):
 @register_part
 class Sigmoid(Weighting):
     name = "sigmoid"
-    paper = "FairDARTS (Chu et al., ECCV 2020) §3.2: independent sigmoid σ(α) per op"
+    paper = "FairDARTS (Chu et al., ECCV 2020): independent sigmoid σ(α) per op"
 
     def weights(self, alpha: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(alpha)
@@ -71,7 +72,7 @@ TAU_SCHEDULES = ("linear", "exp")
 @register_part
 class Gumbel(Weighting):
     name = "gumbel"
-    paper = ("GDAS (Dong & Yang, CVPR 2019) Eq. (3)-(5), SNAS (Xie et al., ICLR 2019) Eq. (2): "
+    paper = ("GDAS (Dong & Yang, CVPR 2019), SNAS (Xie et al., ICLR 2019): "
              "Gumbel-softmax sample of softmax(α) at temperature τ, annealed per epoch")
     options = {"tau_max": 10.0, "tau_min": 0.1, "tau_schedule": "linear"}
 
@@ -117,12 +118,12 @@ class Gumbel(Weighting):
 @register_part
 class Dirichlet(Weighting):
     name = "dirichlet"
-    paper = ("DrNAS (Chen et al., ICLR 2021) Eq. (2)-(3): θ ~ Dir(ELU(α) + 1), pathwise "
+    paper = ("DrNAS (Chen et al., ICLR 2021): θ ~ Dir(ELU(α) + 1), pathwise "
              "gradient (rsample)")
 
     @staticmethod
     def concentration(alpha: torch.Tensor) -> torch.Tensor:
-        """β = ELU(α) + 1 > 0, the Dirichlet concentration (DrNAS §3.1)."""
+        """β = ELU(α) + 1 > 0, the Dirichlet concentration (DrNAS ``process_step_vector``)."""
         return F.elu(alpha) + 1.0
 
     def weights(self, alpha: torch.Tensor) -> torch.Tensor:
