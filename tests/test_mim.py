@@ -10,10 +10,9 @@ import torch.nn.functional as F
 
 from diffnas.cli import main
 from diffnas.config import resolve_config
-from diffnas.engine import ablation as ablation_mod
-from diffnas.engine.ablation import ablation_markdown, run_ablation
 from diffnas.data import BatchAugment, BatchStream
-from diffnas.engine.ablation import variant_config
+from diffnas.engine import ablation as ablation_mod
+from diffnas.engine.ablation import ablation_markdown, run_ablation, variant_config
 from diffnas.engine.search import (
     alpha_std,
     alpha_std_normal,
@@ -479,3 +478,20 @@ def test_masked_val_accuracy_differs_from_clean_when_masking_matters(ratio, fill
     clean_only = build_objective("mim", _tiny_net(in_channels=1), 1, 8,
                                  {"variant": "cls", "patch_size": 2})
     assert set(evaluate_views(_MeanSign(), stream, aug, clean_only.eval_views)) == {""}
+
+
+@pytest.mark.parametrize("decoder", ["ref", "light"])
+def test_profile_reports_the_objectives_parameters(capsys, decoder):
+    args = ["profile", "--method", "semantic", "--obj-opt", f"decoder={decoder}", "--channels",
+            "4", "--layers", "3", "--batch-size", "2", "--input-size", "16", "--iters", "1",
+            "--warmup", "0", "--device", "cpu"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    cfg = resolve_config(None, method="semantic", channels=4, layers=3, device="cpu",
+                         objective_args={"decoder": decoder})
+    net, obj, _ = build_search(cfg, 3, 16, 10, 1, torch.device("cpu"))
+    n_obj = _params(obj)
+    assert f"objective {n_obj:,} (mim)" in out
+    assert f"supernet {sum(p.numel() for p in net.weight_parameters()):,}" in out
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["objective_params"] == n_obj

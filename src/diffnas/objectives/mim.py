@@ -65,9 +65,9 @@ variant              input              loss (terms)                         cro
 ===================  =================  ===================================  =========
 
 (``cls``, ``rec``, ``mask_rec`` and ``cls_mask`` are the reference's ``--task`` values for
-the rows other than ``cls-masked``, which has no reference task.) Every variant draws the same patch
-noise from the batch generator, whether it masks or not, so runs of different variants with
-one seed and the same augmentation see identical batches.
+the rows other than ``cls-masked``, which has no reference task.) Every variant draws the
+same patch noise from the batch generator, whether it masks or not, so runs of different
+variants with one seed and the same augmentation see identical batches.
 """
 
 from __future__ import annotations
