@@ -18,14 +18,26 @@ Deviations (one line each):
   Euclidean projection; we do the same, and ``projection="euclidean"`` gives the Euclidean
   projection (:func:`project_simplex`).
 * the reference runs the attack with the supernet in eval mode (BN on running statistics);
-  the caller does the same (:func:`pgd_perturbation` takes the loss closure as it is given).
+  the part does the same (supernet and objective in eval mode during the attack only).
+* the perturbation acts on the weighting's deterministic op weights (softmax(α) for the
+  softmax weighting, as in SDARTS); with other weightings (sigmoid, ReLU) they are mapped
+  onto the simplex too, which SDARTS never did.
+
+The part ``regularisers=sdarts`` (``sdarts_mode=rs|adv``) plugs this into any method's
+weight step: :meth:`SDARTS.before_weight_step` draws/finds δ, :meth:`SDARTS.adjust_weights`
+hands the perturbed weights to the edges in that step's forward only (the α step and
+evaluation see the unperturbed weights).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
+
+from ..errors import DiffnasError
+from .parts import Part, register_part
 
 Weights = dict[str, torch.Tensor]
 
@@ -95,3 +107,74 @@ def pgd_perturbation(weights: Weights, loss_fn: Callable[[Weights], torch.Tensor
     if before > after:
         return base, before, before
     return cur, before, after
+
+
+@register_part
+class SDARTS(Part):
+    slot = "regularisers"
+    name = "sdarts"
+    paper = ("SDARTS (Chen & Hsieh, ICML 2020): the weight step runs on softmax(α) + δ mapped to "
+             "the simplex, ‖δ‖∞ ≤ ε rising from sdarts_eps_min to sdarts_eps; rs: δ uniform, "
+             "adv: sdarts_steps-step L∞ PGD maximising the weight-step loss")
+    options = {"sdarts_mode": "rs", "sdarts_eps": 0.3, "sdarts_eps_min": 0.03,
+               "sdarts_steps": 7, "sdarts_projection": "clip"}
+
+    def __init__(self, method: Any, opts: dict[str, Any]) -> None:
+        super().__init__(method, opts)
+        o = self.opts
+        if o["sdarts_mode"] not in ("rs", "adv"):
+            raise DiffnasError(f"option sdarts_mode={o['sdarts_mode']!r} is unknown; valid: "
+                               "adv, rs")
+        if o["sdarts_projection"] not in PROJECTIONS:
+            raise DiffnasError(f"option sdarts_projection={o['sdarts_projection']!r} is "
+                               f"unknown; valid: {', '.join(PROJECTIONS)}")
+        if not 0 <= float(o["sdarts_eps_min"]) <= float(o["sdarts_eps"]):
+            raise DiffnasError(f"options need 0 <= sdarts_eps_min <= sdarts_eps, got "
+                               f"{o['sdarts_eps_min']} and {o['sdarts_eps']}")
+        if int(o["sdarts_steps"]) < 1:
+            raise DiffnasError(f"option sdarts_steps must be >= 1, got {o['sdarts_steps']}")
+        self.project = PROJECTIONS[o["sdarts_projection"]]
+        self.eps = float(o["sdarts_eps_min"])
+        self.perturbed: Weights | None = None
+        self.gain = 0.0
+
+    def begin_epoch(self, epoch: int) -> None:
+        o = self.opts
+        self.eps = sdarts_epsilon(epoch, self.method.cfg.epochs, float(o["sdarts_eps"]),
+                                  float(o["sdarts_eps_min"]))
+
+    def before_weight_step(self, batch: Any) -> None:
+        from .base import frozen  # lazy: the method base imports the parts
+
+        m = self.method
+        base = m.alpha_weights()
+        if self.opts["sdarts_mode"] == "rs":
+            self.perturbed = random_perturbation(base, self.eps, self.project)
+            return
+
+        def loss_fn(ws: Weights) -> torch.Tensor:
+            self.perturbed = ws
+            return m.weight_loss(batch).loss
+
+        modes = (m.net.training, m.objective.training)
+        m.net.eval()  # as the reference's Linf_PGD_alpha: the attack sees BN running statistics
+        m.objective.eval()
+        try:
+            with frozen([*m.w_params, *m.a_params]):
+                self.perturbed, before, after = pgd_perturbation(
+                    base, loss_fn, self.eps, int(self.opts["sdarts_steps"]), True, self.project)
+        finally:
+            m.net.train(modes[0])
+            m.objective.train(modes[1])
+        self.gain = after - before
+
+    def adjust_weights(self, kind: str, weights: torch.Tensor) -> torch.Tensor:
+        if self.method.phase != "weight" or self.perturbed is None:
+            return weights
+        return self.perturbed[kind].to(weights)
+
+    def stats(self) -> dict[str, float]:
+        out = {"sdarts_eps": self.eps}
+        if self.opts["sdarts_mode"] == "adv":
+            out["sdarts_gain"] = self.gain
+        return out

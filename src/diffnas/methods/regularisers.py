@@ -1,8 +1,9 @@
 """Regularisers on the architecture parameters, and the schedules of their coefficients.
 
 Pure functions of α (or of the method's op weights): each takes the per-cell-kind tensors
-(``[edges, ops]``) and returns a scalar tensor that carries gradient to them. The parts that
-add them to a method's losses live in :mod:`diffnas.methods.parts_reg`.
+(``[edges, ops]``) and returns a scalar tensor that carries gradient to them. Below them, the
+parts (``--opt regularisers=NAME[,NAME...]``, :mod:`diffnas.methods.parts`) that add them to
+any method's α loss, and DARTS-' auxiliary skip.
 
 The formulas follow the reference code of each paper (the equation numbers of the papers
 could not be checked against their text here, so the comments name the term instead):
@@ -15,7 +16,8 @@ could not be checked against their text here, so the comments name the term inst
   (``ConvSeparateLoss``, the default ``--sep_loss l2``) or ``−mean|σ(α) − 0.5|``
   (``TriSeparateLoss``), weight 10.
 * DrNAS (Chen et al., ICLR 2021; xiangning-chen/DrNAS ``model_search.py`` ``_get_kl_reg``):
-  ``Σ_e KL(Dir(ELU(α_e) + 1) ‖ Dir(1))``; its ``l2`` variant is Adam's weight decay on α.
+  ``Σ_e KL(Dir(ELU(α_e) + 1) ‖ Dir(1))``; its ``l2`` variant (the default) is no term but
+  Adam's weight decay on α, ``reg_scale`` = 1e-3, which is the config's ``a_weight_decay``.
 * CDARTS (Yu et al., 2022) Eq. (11): ``‖α_skip‖₁`` on the raw α of chosen ops.
 * DARTS- (Chu et al., ICLR 2021; Meituan-AutoML/DARTS- ``src/utils.py`` ``DecayScheduler``):
   the auxiliary-skip coefficient ``β(epoch) = β₀ · (T − epoch) / T`` ("linear").
@@ -24,10 +26,14 @@ could not be checked against their text here, so the comments name the term inst
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.distributions import Dirichlet, kl_divergence
+
+from ..errors import DiffnasError
+from .parts import Part, register_part
 
 
 def _rows(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -71,11 +77,6 @@ def dirichlet_kl(alphas: Iterable[torch.Tensor], prior: float = 1.0) -> torch.Te
     return kl_divergence(Dirichlet(conc), Dirichlet(torch.full_like(conc, prior))).sum()
 
 
-def l2_anchor(alphas: Iterable[torch.Tensor]) -> torch.Tensor:
-    """½‖α‖²: its gradient α is what Adam's (coupled) ``weight_decay`` adds, DrNAS' ``l2``."""
-    return 0.5 * _rows(alphas).pow(2).sum()
-
-
 def l1_on_ops(alphas: Iterable[torch.Tensor], index: Sequence[int]) -> torch.Tensor:
     """‖α_op‖₁ over the op columns ``index`` of every cell kind (CDARTS Eq. 11 on skip)."""
     rows = _rows(alphas)
@@ -91,3 +92,167 @@ def linear_decay(epoch: int, start: float, span: int) -> float:
     never trained."""
     span = max(1, span)
     return start * (span - min(epoch, span)) / span
+
+
+# ------------------------------------------------------------------------------------ parts
+def _choice(name: str, value: Any, valid: Sequence[str]) -> str:
+    if value not in valid:
+        raise DiffnasError(f"option {name}={value!r} is unknown; valid: {', '.join(valid)}")
+    return str(value)
+
+
+def _non_negative(opts: dict[str, Any], *names: str) -> None:
+    for n in names:
+        if float(opts[n]) < 0:
+            raise DiffnasError(f"option {n} must be >= 0, got {opts[n]}")
+
+
+class AlphaTerm(Part):
+    """A regulariser on α, added to the α step's loss with a per-epoch coefficient."""
+
+    slot = "regularisers"
+    term = ""  # the logged name (``arch_<term>``)
+
+    def __init__(self, method: Any, opts: dict[str, Any]) -> None:
+        super().__init__(method, opts)
+        self.coeff = 0.0
+
+    def coefficient(self, epoch: int) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def value(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.coeff = self.coefficient(epoch)
+
+    def arch_terms(self, batch: Any, out: Any) -> dict[str, torch.Tensor]:
+        return {self.term: self.coeff * self.value()}
+
+    def span(self, key: str) -> int:
+        """The option ``key`` in epochs; 0 means the run's epochs."""
+        return int(self.opts[key]) or self.method.cfg.epochs
+
+
+@register_part
+class BetaDecay(AlphaTerm):
+    name = term = "beta_decay"
+    paper = ("β-DARTS (Ye et al., CVPR 2022): λ·mean_e logsumexp(α_e), λ rising linearly from 0 "
+             "to beta_decay_weight over beta_decay_span epochs (0: the run's)")
+    options = {"beta_decay_weight": 50.0, "beta_decay_span": 0}
+
+    def __init__(self, method: Any, opts: dict[str, Any]) -> None:
+        super().__init__(method, opts)
+        _non_negative(self.opts, "beta_decay_weight", "beta_decay_span")
+
+    def coefficient(self, epoch: int) -> float:
+        return linear_ramp(epoch, float(self.opts["beta_decay_weight"]),
+                           self.span("beta_decay_span"))
+
+    def value(self) -> torch.Tensor:
+        return beta_decay(self.method.net.alphas.values())
+
+    def stats(self) -> dict[str, float]:
+        return {"beta_decay_lambda": self.coeff}
+
+
+@register_part
+class ZeroOne(AlphaTerm):
+    name = term = "zero_one"
+    paper = ("FairDARTS (Chu et al., ECCV 2020): zero_one_weight · zero-one loss, "
+             "−mean((w − ½)²) (l2) or −mean|w − ½| (l1) of the method's op weights (σ(α) there)")
+    options = {"zero_one_weight": 10.0, "zero_one_norm": "l2"}
+
+    def __init__(self, method: Any, opts: dict[str, Any]) -> None:
+        super().__init__(method, opts)
+        _non_negative(self.opts, "zero_one_weight")
+        self.norm = _choice("zero_one_norm", self.opts["zero_one_norm"], ("l1", "l2"))
+
+    def coefficient(self, epoch: int) -> float:
+        return float(self.opts["zero_one_weight"])
+
+    def value(self) -> torch.Tensor:
+        m = self.method
+        return zero_one_loss([m.edge_weights(a) for a in m.net.alphas.values()], self.norm)
+
+
+@register_part
+class DirichletKL(AlphaTerm):
+    name = term = "dirichlet_kl"
+    paper = ("DrNAS (Chen et al., ICLR 2021): dirichlet_kl_scale · Σ_e KL(Dir(ELU(α_e)+1) ‖ "
+             "Dir(1)) (its reg_type=kl; the reference then sets Adam's weight decay on α to 0)")
+    options = {"dirichlet_kl_scale": 1e-3}
+
+    def __init__(self, method: Any, opts: dict[str, Any]) -> None:
+        super().__init__(method, opts)
+        _non_negative(self.opts, "dirichlet_kl_scale")
+
+    def coefficient(self, epoch: int) -> float:
+        return float(self.opts["dirichlet_kl_scale"])
+
+    def value(self) -> torch.Tensor:
+        return dirichlet_kl(self.method.net.alphas.values())
+
+
+@register_part
+class L1Skip(AlphaTerm):
+    name = term = "l1_skip"
+    paper = ("CDARTS (Yu et al., TPAMI 2022) Eq. (11): λ'·‖α_op‖₁ on the raw α of l1_skip_ops, "
+             "λ' decaying linearly from l1_skip_weight to 0 over l1_skip_ratio of the epochs")
+    options = {"l1_skip_weight": 5.0, "l1_skip_ratio": 2 / 3, "l1_skip_ops": "skip_connect"}
+
+    def __init__(self, method: Any, opts: dict[str, Any]) -> None:
+        super().__init__(method, opts)
+        _non_negative(self.opts, "l1_skip_weight")
+        ratio = float(self.opts["l1_skip_ratio"])
+        if ratio <= 0:
+            raise DiffnasError(f"option l1_skip_ratio must be > 0, got {ratio}")
+        names = method.net.op_names
+        ops = [s.strip() for s in str(self.opts["l1_skip_ops"]).split(",") if s.strip()]
+        for op in ops:
+            if op not in names:
+                raise DiffnasError(f"option l1_skip_ops names {op!r}, which is not an op of this "
+                                   f"supernet; valid: {', '.join(names)}")
+        self.index = [names.index(op) for op in ops]
+
+    def coefficient(self, epoch: int) -> float:
+        from .cdarts import l1_schedule  # lazy: cdarts imports the method base
+
+        return l1_schedule(epoch, self.method.cfg.epochs, float(self.opts["l1_skip_weight"]),
+                           float(self.opts["l1_skip_ratio"]))
+
+    def value(self) -> torch.Tensor:
+        return l1_on_ops(self.method.net.alphas.values(), self.index)
+
+
+@register_part
+class AuxSkip(Part):
+    """DARTS-' auxiliary skip: every edge also adds β_skip · skip(x), outside the op weights
+    (the supernet side is :meth:`diffnas.spaces.base.Supernet.add_aux_skip`)."""
+
+    slot = "regularisers"
+    name = "aux_skip"
+    paper = ("DARTS- (Chu et al., ICLR 2021): an auxiliary skip per edge scaled by β_skip, "
+             "decaying linearly from aux_skip_beta to 0 over aux_skip_span epochs (0: the run's)")
+    options = {"aux_skip_beta": 1.0, "aux_skip_span": 0}
+
+    @classmethod
+    def supernet_options(cls, opts: dict[str, Any]) -> dict[str, Any]:
+        return {"aux_skip": True}
+
+    def __init__(self, method: Any, opts: dict[str, Any]) -> None:
+        super().__init__(method, opts)
+        _non_negative(self.opts, "aux_skip_beta", "aux_skip_span")
+        if not any(e.aux is not None for e in method.net.mixed_edges()):
+            raise DiffnasError("the aux_skip part needs a supernet built with aux_skip=True "
+                               "(build it with the method's supernet_options)")
+        self.beta = float(self.opts["aux_skip_beta"])
+        method.net.set_aux_scale(self.beta)
+
+    def begin_epoch(self, epoch: int) -> None:
+        span = int(self.opts["aux_skip_span"]) or self.method.cfg.epochs
+        self.beta = linear_decay(epoch, float(self.opts["aux_skip_beta"]), span)
+        self.method.net.set_aux_scale(self.beta)
+
+    def stats(self) -> dict[str, float]:
+        return {"beta_skip": self.beta}
