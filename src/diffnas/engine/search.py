@@ -234,8 +234,9 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
             trained = (f"train loss {record['train_loss']:.4f} acc "
                        f"{record.get('train_acc', 0):.4f} | " if "train_loss" in record
                        else "")  # an epoch may train other modules only (CDARTS' E)
+            views = "".join(f", {v} {acc:.4f}" for v, (_, acc) in evals.items())
             line = (f"epoch {epoch + 1}/{cfg.epochs}: {trained}val loss {eval_loss:.4f} acc "
-                    f"{eval_acc:.4f} | skips {genotype.skip_count} | {genotype}")
+                    f"{eval_acc:.4f}{views} | skips {genotype.skip_count} | {genotype}")
             run.log(line)
             if progress:
                 bar.write(line)
