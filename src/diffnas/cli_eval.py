@@ -25,7 +25,8 @@ def register(sub: Any) -> None:
                    help="published name, JSON file, run folder or genotype text "
                         "(default: the preset's, DARTS_V2)")
     p.add_argument("--preset", default=None, help=f"recipe (default: {DEFAULT_TRAIN_PRESET}): "
-                   "darts-cifar, darts-imagenet, pdarts-imagenet, cpu, tiny")
+                   "darts-cifar, darts-imagenet, pdarts-imagenet, semantic-imagenet, "
+                   "cdarts-cifar, cdarts-imagenet, cpu, tiny")
     p.add_argument("--dataset", help="fashion-mnist, cifar10, cifar100, digits, folder:PATH or "
                    "imagenet:PATH (train/ and val/ class folders, streamed from disk)")
     p.add_argument("--data-dir", help="where dataset files are (also $DIFFNAS_DATA)")
@@ -45,6 +46,9 @@ def register(sub: Any) -> None:
     p.add_argument("--auxiliary-weight", type=float, help="0 removes the auxiliary head")
     p.add_argument("--drop-path", type=float, help="final drop-path probability")
     p.add_argument("--cutout", type=int)
+    p.add_argument("--color-jitter", type=_jitter, metavar="B,C,S,H",
+                   help="ColorJitter strengths (brightness, contrast, saturation, hue), e.g. "
+                        "0.4,0.4,0.4,0.2; 0,0,0,0 switches it off")
     p.add_argument("--eval-every", type=int, help="test every N epochs (always after the last)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda[:N] or auto")
@@ -77,6 +81,14 @@ def register(sub: Any) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_export)
+
+
+def _jitter(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected four comma-separated numbers B,C,S,H, got {text!r}") from None
 
 
 def _add_shape_options(p: argparse.ArgumentParser) -> None:
@@ -172,15 +184,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         schedule=args.schedule, warmup_epochs=args.warmup_epochs,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
         auxiliary_weight=args.auxiliary_weight, drop_path=args.drop_path, cutout=args.cutout,
-        eval_every=args.eval_every, seed=args.seed, device=args.device,
-        amp=False if args.no_amp else None, workers=args.workers)
+        color_jitter=args.color_jitter, eval_every=args.eval_every, seed=args.seed,
+        device=args.device, amp=False if args.no_amp else None, workers=args.workers)
     res = train(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
     r = res.result
     if args.json:
         print(json.dumps(r))
     else:
-        print(f"test accuracy {r['test_acc']:.4f} on {r['test_images']} {r['dataset']} test "
-              f"images after {r['epochs']} epochs; {r['params_m']:.3f} M parameters, "
+        top5 = f", top-5 {r['test_top5']:.4f}" if "test_top5" in r else ""
+        print(f"test accuracy {r['test_acc']:.4f}{top5} on {r['test_images']} {r['dataset']} "
+              f"test images after {r['epochs']} epochs (best {r['best_test_acc']:.4f}, epoch "
+              f"{r['best_epoch'] + 1}); {r['params_m']:.3f} M parameters, "
               f"{r['madds_m']:.1f} M multiply-adds")
         print(f"run folder: {res.run_dir} (result.json, metrics.jsonl, checkpoint.pt)")
     return 0
