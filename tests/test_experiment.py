@@ -165,9 +165,14 @@ def test_cli_experiment_report_only(tmp_path, capsys):
         "epochs=1", "subset=64", "test_subset=64", "layers=1", "batch_size=16")]
     assert main(argv) == 0
     out_text = capsys.readouterr().out
-    assert "| darts | 1/1 |" in out_text and "Retrained acc (%)" in out_text
+    assert "| darts | 1/1 |" in out_text and "Retrained acc, final epoch (%)" in out_text
+    assert "Retrained acc, best epoch (%)" in out_text and "top-5" not in out_text  # 10 classes
     result = json.loads((out / "runs/tiny-nb201/darts/seed0/retrain/result.json").read_text())
     assert result["epochs"] == 1 and result["test_images"] == 64
+    summary = json.loads((out / "summary.json").read_text())
+    entry = summary[0]
+    assert entry["retrain_best_acc"]["mean"] == pytest.approx(100 * result["best_test_acc"])
+    assert entry["retrain_acc"]["mean"] == pytest.approx(100 * result["test_acc"])
     assert ex.load_spec(out).overrides == TINY
     assert main(["experiment", "--out", str(out), "--report-only"]) == 0
     assert "| darts | 1/1 |" in capsys.readouterr().out
