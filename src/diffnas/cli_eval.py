@@ -137,10 +137,12 @@ def cmd_info(args: argparse.Namespace) -> int:
                                   "searched_on": e.searched_on, "reported": e.reported,
                                   "genotype": str(e.genotype)} for n, e in REGISTRY.items()}))
             return 0
+        width = max(map(len, REGISTRY))
         for name, e in REGISTRY.items():
             rep = "; ".join(f"{k}: " + ", ".join(f"{m} {v}" for m, v in r.items())
                             for k, r in e.reported.items())
-            print(f"{name:<18} {e.genotype.space:<6} {e.source}" + (f"  [{rep}]" if rep else ""))
+            print(f"{name:<{width}} {e.genotype.space:<6} {e.source}"
+                  + (f"  [{rep}]" if rep else ""))
         return 0
     genotype, net = _network(args, args.genotype)
     cost = count_cost(net)
