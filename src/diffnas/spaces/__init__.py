@@ -42,7 +42,7 @@ def genotype_from_dict(d: dict) -> Genotype:
         return DartsGenotype.from_dict(d)
     if space == "nb201":
         return NB201Genotype.from_dict(d)
-    raise unknown("genotype space", space, SPACES)
+    raise unknown("genotype space", space, ("darts", "nb201"))  # darts-imagenet: darts cells
 
 
 def parse_genotype(text: str) -> Genotype:
