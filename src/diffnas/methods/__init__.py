@@ -10,13 +10,19 @@ from .betadarts import BetaDARTS
 from .cdarts import CDARTS
 from .darts import DARTS
 from .dartsminus import DARTSMinus
+from .drnas import DrNAS
+from .fairdarts import FairDARTS
+from .gdas import GDAS
+from .pcdarts import PCDARTS
 from .sdarts import SDARTSADV, SDARTSRS
 from .semantic import SemanticDARTS
+from .snas import SNAS
 from .stc import STC
 
 METHODS: dict[str, type[SearchMethod]] = {m.name: m for m in (DARTS, SemanticDARTS, STC, CDARTS,
-                                                         BetaDARTS, DARTSMinus, SDARTSRS,
-                                                         SDARTSADV)}
+                                                         PCDARTS, BetaDARTS, DARTSMinus,
+                                                         SDARTSRS, SDARTSADV, GDAS, SNAS,
+                                                         FairDARTS, DrNAS)}
 
 __all__ = ["METHODS", "SearchMethod", "get_method"]
 

@@ -217,6 +217,11 @@ class Supernet(nn.Module):
         return node_softmax(self.betas[kind], self.edge_index[kind])
 
     @torch.no_grad()
+    def beta_weights(self) -> dict[str, torch.Tensor]:
+        """Per cell kind, the edge-normalisation weights softmax(β) (empty when off)."""
+        return {k: self.edge_norm_weights(k) for k in self.betas}
+
+    @torch.no_grad()
     def edge_strengths(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Op weights ``[edges, ops]`` per kind as derivation ranks them: with edge
         normalisation each edge's row times its β-weight (PC-DARTS §3.3, "multiply the

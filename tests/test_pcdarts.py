@@ -1,0 +1,190 @@
+"""PC-DARTS: partial channels (exactly C/K channels through the ops, bypass, shuffle), edge
+normalisation (β per node, arch parameters, used in derivation), the method end to end in
+both spaces, exact resume, and the generic options on another method."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffnas.errors import DiffnasError
+from diffnas.spaces import build_supernet
+from diffnas.spaces.base import MixedEdge, node_softmax, shuffle_cat
+from diffnas.spaces.darts import PRIMITIVES, derive_cell
+from diffnas.spaces.ops import darts_op
+
+SPACES = [("darts", 8, 3), ("nb201", 8, 1)]  # space, channels, layers
+
+
+def reference_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """PC-DARTS' channel_shuffle: view [B, g, C/g, H, W], swap the two channel axes."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+# ------------------------------------------------------------------------------ channel shuffle
+@pytest.mark.parametrize("k", [2, 4])
+def test_shuffle_cat_is_the_reference_shuffle_and_a_permutation(k):
+    c = 3
+    head = torch.randn(2, c, 5, 4).contiguous(memory_format=torch.channels_last)
+    rest = torch.randn(2, (k - 1) * c, 5, 4)
+    y = shuffle_cat(head, rest, k)
+    assert torch.equal(y, reference_shuffle(torch.cat([head, rest], 1), k))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    # channel j of the input (value j everywhere) lands once and only once
+    ids = torch.arange(k * c, dtype=torch.float).view(1, -1, 1, 1).expand(1, -1, 2, 2)
+    out = shuffle_cat(ids[:, :c], ids[:, c:], k)[0, :, 0, 0]
+    assert sorted(out.tolist()) == list(range(k * c))
+    assert out[::k].tolist() == list(range(c))  # the ops' channels on every k-th slot
+
+
+# ------------------------------------------------------------------------------ partial channels
+def naive_partial_edge(edge: MixedEdge, x, weights, active, scale=None):
+    """The reference MixedOp: Σ w_o op_o(x[:, :C/K]) (each op's plain forward), bypass of the
+    rest (2×2 max-pool when strided), concatenated and shuffled; × the β-weight."""
+    k = edge.partial_channels
+    c = x.shape[1] // k
+    ops = sum(weights[i] * edge.ops[i](x[:, :c]) for i in active)
+    rest = x[:, c:] if edge.stride == 1 else F.max_pool2d(x[:, c:], 2, 2)
+    y = reference_shuffle(torch.cat([ops, rest], 1), k)
+    return y if scale is None else scale * y
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_partial_edge_matches_the_reference_formula_and_its_gradients(stride, scaled):
+    torch.manual_seed(0)
+    c, k = 64, 4  # 16 op channels: where torch's channels-last BN backward bug would show
+    edge = MixedEdge(PRIMITIVES, darts_op, c, stride, affine=False, partial_channels=k)
+    active = [i for i, n in enumerate(PRIMITIVES) if n != "none"]
+    x0 = torch.randn(3, c, 6, 6)
+    w0 = torch.rand(len(PRIMITIVES), requires_grad=True)
+    s0 = torch.tensor(0.7, requires_grad=True) if scaled else None
+    outs, grads = [], []
+    for fast in (True, False):
+        x = x0.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+        if fast:
+            w = w0 * s0 if scaled else w0  # the supernet folds the β-weight into the ops
+            y = edge(x, w, active, s0)
+        else:
+            y = naive_partial_edge(edge, x, w0, active, s0)
+        y.pow(2).sum().backward()
+        outs.append(y.detach())
+        grads.append([x.grad, w0.grad.clone(), *([s0.grad.clone()] if scaled else [])])
+        w0.grad = None
+        if scaled:
+            s0.grad = None
+    assert outs[0].shape == (3, c, 6 // stride, 6 // stride)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_bypass_passes_when_no_op_is_active_and_odd_sizes_pool_to_the_ops_size():
+    edge = MixedEdge(PRIMITIVES, darts_op, 8, 2, affine=False, partial_channels=4)
+    x = torch.randn(2, 8, 7, 7).contiguous(memory_format=torch.channels_last)
+    y = edge(x, torch.ones(len(PRIMITIVES)), ())
+    assert y.shape == (2, 8, 4, 4)
+    assert not y[:, ::4].any()  # the op channels are zeros
+    torch.testing.assert_close(y[:, 1::4], F.max_pool2d(x[:, 2:4], 2, 2, ceil_mode=True))
+
+
+@pytest.mark.parametrize(("space", "channels", "layers"), SPACES)
+def test_exactly_c_over_k_channels_go_through_every_op(space, channels, layers):
+    k = 4
+    net = build_supernet(space, channels, layers, 10, 1, partial_channels=k)
+    seen: list[tuple[int, int]] = []  # (op input channels, edge input channels)
+    edges = [m for m in net.modules() if isinstance(m, MixedEdge)]
+    for edge in edges:
+        edge.register_forward_pre_hook(lambda m, args: setattr(m, "_c_in", args[0].shape[1]))
+        for op in edge.ops:
+            body = op.body
+
+            def spy(inp, *rest, _body=body, _edge=edge):
+                seen.append((inp.shape[1], _edge._c_in))
+                return _body(inp, *rest)
+
+            op.body = spy
+    net(torch.randn(2, 1, 16, 16))
+    assert len(seen) == len(edges) * (len(net.op_names) - 1)  # every op but none, once
+    assert {edge_c for _, edge_c in seen} >= {channels, 2 * channels}  # wider stages too
+    assert all(op_c * k == edge_c for op_c, edge_c in seen), set(seen)
+    # every op was built for C/K channels: a full-width supernet has ~K× the conv weights
+    full = build_supernet(space, channels, layers, 10, 1)
+    assert sum(p.numel() for p in net.weight_parameters()) < \
+        sum(p.numel() for p in full.weight_parameters()) / 2
+
+
+@pytest.mark.parametrize("bad", [0, 3, -2])
+def test_partial_channels_must_divide_every_edge(bad):
+    with pytest.raises(DiffnasError, match="partial_channels"):
+        build_supernet("darts", 8, 3, 10, 1, partial_channels=bad)
+
+
+# ------------------------------------------------------------------------------ edge normalisation
+@pytest.mark.parametrize(("space", "channels", "layers"), SPACES)
+def test_beta_weights_sum_to_one_per_node_and_are_arch_parameters(space, channels, layers):
+    net = build_supernet(space, channels, layers, 10, 1, edge_norm=True, partial_channels=4)
+    with torch.no_grad():
+        for b in net.betas.values():
+            b.copy_(torch.randn_like(b) * 3)
+    for kind in net.kinds:
+        s = net.edge_norm_weights(kind)
+        dst = torch.tensor([d for _, d in net.edge_index[kind]])
+        sums = torch.zeros(int(dst.max()) + 1).index_add_(0, dst, s)
+        torch.testing.assert_close(sums[dst.unique()], torch.ones(len(dst.unique())))
+        assert (s > 0).all()
+    arch = {id(p) for p in net.arch_parameters()}
+    assert all(id(b) in arch for b in net.betas.values())
+    assert not arch & {id(p) for p in net.weight_parameters()}
+    assert all(f"betas.{k}" in net.state_dict() for k in net.kinds)  # checkpointed
+    net(torch.randn(2, 1, 16, 16)).logsumexp(1).sum().backward()
+    assert all(b.grad is not None and b.grad.abs().sum() > 0 for b in net.betas.values())
+
+
+def test_node_softmax_handles_edges_in_any_order():
+    edges = [(1, 2), (0, 3), (0, 2), (1, 3), (2, 3)]
+    beta = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])
+    s = node_softmax(beta, edges)
+    torch.testing.assert_close(s[[2, 0]], F.softmax(beta[[2, 0]], 0))
+    torch.testing.assert_close(s[[1, 3, 4]], F.softmax(beta[[1, 3, 4]], 0))
+
+
+def test_edge_norm_scales_each_edge_output_by_its_beta_weight():
+    """Node 2 of a DARTS cell: with edge normalisation its input is Σ_i β̂_i f_i(x_i)."""
+    torch.manual_seed(0)
+    net = build_supernet("darts", 4, 1, 10, 1, edge_norm=True)
+    with torch.no_grad():
+        net.betas["normal"].copy_(torch.arange(14.0) / 3)
+    ew = net.edge_weights()["normal"]
+    plain = net.policy.edge_policy(net, "normal")
+    s = net.edge_norm_weights("normal")
+    torch.testing.assert_close(ew.weights, plain.weights * s[:, None])
+    cell = net.cells[0]
+    x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    for e in (0, 1):
+        a = cell.edges[e](x, ew.weights[e], ew.active[e], ew.bypass_scale(e))
+        b = cell.edges[e](x, plain.weights[e], plain.active[e])
+        torch.testing.assert_close(a, s[e] * b, rtol=1e-4, atol=1e-5)
+
+
+def test_derivation_ranks_edges_by_beta_times_op_weight():
+    """A hand-set cell where α alone keeps inputs 0 and 1 of node 3, but β makes edge 0 weak:
+    PC-DARTS' derivation (β-weight × op weight) keeps inputs 1 and 2 instead."""
+    net = build_supernet("darts", 4, 3, 10, 1, edge_norm=True)
+    n_ops = len(PRIMITIVES)
+    w = torch.full((14, n_ops), 0.1)
+    sep = PRIMITIVES.index("sep_conv_3x3")
+    w[2:5, sep] = torch.tensor([0.5, 0.45, 0.4])  # node 3 ← 0, 1, 2
+    weights = {"normal": w, "reduce": w.clone()}
+    by_alpha = derive_cell(w)
+    assert [src for _, src in by_alpha[2:4]] == [0, 1]
+    with torch.no_grad():
+        net.betas["normal"].zero_()
+        net.betas["normal"][2] = -2.0  # softmax over node 3's edges: edge 0 gets ~0.06
+        net.betas["reduce"].zero_()
+    g = net.genotype(weights)
+    assert sorted(src for _, src in g.normal[2:4]) == [1, 2]
+    assert g.reduce == by_alpha  # equal β: the same cell as α alone
+    assert all(op == "sep_conv_3x3" for op, _ in g.normal[2:4])
