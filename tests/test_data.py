@@ -317,6 +317,48 @@ def test_subset_stratified_and_seeded():
         ds.subset(0, seed=0)
 
 
+def test_class_subset_keeps_a_share_of_every_class():
+    ds = load_dataset("digits", "train")
+    sub = ds.class_subset(0.1, seed=1)  # "10 % of each class", not 10 % of the whole
+    counts = torch.bincount(ds.labels).tolist()
+    assert torch.bincount(sub.labels).tolist() == [round(c * 0.1) for c in counts]
+    assert sub.mean == ds.mean and sub.classes == ds.classes
+    loaded = load_dataset("digits", "train", class_fraction=0.1, seed=1)
+    assert torch.equal(loaded.images, sub.images) and torch.equal(loaded.labels, sub.labels)
+    assert not torch.equal(sub.images, ds.class_subset(0.1, seed=2).images)
+    with pytest.raises(DiffnasError, match=r"class fraction must be in \(0, 1\]"):
+        ds.class_subset(0.0, seed=0)
+    with pytest.raises(DiffnasError, match="keeps no image of class"):
+        ds.class_subset(0.001, seed=0)
+    from diffnas.config import resolve_config
+
+    with pytest.raises(DiffnasError, match=r"class fraction must be in \(0, 1\], got 1.5"):
+        resolve_config(None, class_fraction=1.5)
+
+
+def test_folder_class_fraction_reads_only_the_kept_files(tmp_path, monkeypatch):
+    from diffnas.data import readers
+
+    for i in range(10):
+        write_png(tmp_path / "cat" / f"{i}.png", (20 * i, 10, 10))
+    for i in range(5):
+        write_png(tmp_path / "dog" / f"{i}.png", (10, 10, 40 * i))
+    read = []
+    original = readers._read_images
+
+    def counting(files, size, mode):
+        read.append(len(files))
+        return original(files, size, mode)
+
+    monkeypatch.setattr(readers, "_read_images", counting)
+    full = load_dataset(f"folder:{tmp_path}", "train", image_size=4)  # 8 cats, 4 dogs
+    read.clear()
+    half = load_dataset(f"folder:{tmp_path}", "train", image_size=4, class_fraction=0.5, seed=3)
+    assert read == [6] and half.labels.tolist() == [0] * 4 + [1] * 2
+    ref = full.class_subset(0.5, seed=3)
+    assert torch.equal(half.images, ref.images) and torch.equal(half.labels, ref.labels)
+
+
 def test_unknown_names():
     with pytest.raises(DiffnasError, match=r"unknown dataset 'mnist'.*folder:PATH") as err:
         load_dataset("mnist")

@@ -9,11 +9,12 @@ import torch
 
 from diffnas.cli import main as cli_main
 from diffnas.config import PRESETS, resolve_config
+from diffnas.data import load_dataset
 from diffnas.engine.search import build_search, search
 from diffnas.errors import DiffnasError
 from diffnas.methods import METHODS
 from diffnas.methods.stc import STC, js_divergence, subcell
-from diffnas.objectives import OBJECTIVES, Batch
+from diffnas.objectives import OBJECTIVES, Batch, LossOutput, Objective
 from diffnas.spaces import DartsGenotype, NB201Genotype
 
 CPU = torch.device("cpu")
@@ -134,6 +135,81 @@ def test_alpha_stays_in_box_after_every_step(tiny_cfg):
     # with this α learning rate the unprojected update leaves the box: the projection acted
     assert {0.0, 1.0} <= hit_bounds
     assert m.a_opt.param_groups[0]["weight_decay"] == 0.0  # §4.2, whatever the config says
+
+
+class Signed(Objective):
+    """``sign`` × the wrapped objective's loss (to make a loss favour a chosen op)."""
+
+    def __init__(self, inner: Objective, sign: float) -> None:
+        super().__init__()
+        self.inner, self.sign = inner, sign
+
+    def forward(self, model, batch):
+        out = self.inner(model, batch)
+        return LossOutput(self.sign * out.loss, out.logits, out.terms)
+
+
+def test_floored_alpha_recovers_when_the_loss_favours_it(tiny_cfg):
+    """Eq. (6)-(8) put α on exactly 0; with ReLU'(0) = 0 that op would be dead for good."""
+    net, _, m = make(tiny_cfg, cfg_kw={"layers": 1, "a_lr": 0.01}, noise=0.0)
+    m.begin_epoch(0)
+    net.train()
+    val, train = batches(1)
+    m.current = m.sample(0.0)
+    e = next(e for e, ops in enumerate(m.current.active["normal"]) if ops)
+    k = m.current.active["normal"][e][0]
+    alpha = net.alphas["normal"]
+
+    def loss_at(v: float) -> float:
+        with torch.no_grad():
+            alpha[e, k] = v
+            return float(m.objective(net, val).loss)
+
+    # the sign that makes raising the op's weight from 0 lower the loss: the loss favours it
+    sign = 1.0 if loss_at(0.05) < loss_at(0.0) else -1.0
+    m.objective = Signed(m.objective, sign)
+    loss_at(0.0)  # on the floor, as the projection leaves it
+    m.arch_step(val, train)  # the projection runs after the update
+    assert float(alpha.grad[e, k]) < 0  # a gradient at the floor, pointing into the box
+    values = [alpha[e, k].item()]
+    for _ in range(3):
+        m.arch_step(val, train)
+        values.append(alpha[e, k].item())
+    assert values[0] > 0 and values == sorted(values) and values[-1] > values[0]
+
+
+def test_none_is_never_pulled_up_in_nas_bench_201(tiny_cfg):
+    """A sampled ``none`` computes nothing and adds no JS row, so α_none only ever falls."""
+    net, _, m = make(tiny_cfg, "nb201", cfg_kw={"a_lr": 0.05}, noise=1.0, lambda_start=2.0)
+    none = net.op_names.index("none")
+    m.begin_epoch(0)
+    net.train()
+    before = net.alphas["cell"][:, none].detach().clone()
+    sampled_none = 0
+    for i in range(8):
+        m.step(*batches(i))
+        sampled_none += int(m.current.target["cell"][:, none].sum())
+        after = net.alphas["cell"][:, none].detach().clone()
+        assert (after <= before).all()
+        before = after
+    assert sampled_none > 0  # the edges did run `none` (and the old JS row would pull it up)
+    # an edge running `none` gets no gradient at all; an edge running another op pushes it down
+    m.current = m.sample(1.0)
+    while not 0 < int(m.current.target["cell"][:, none].sum()) < len(before):
+        m.current = m.sample(1.0)
+    grad = torch.autograd.grad(m.js_term(), net.alphas["cell"])[0][:, none]
+    ran_none = m.current.target["cell"][:, none] > 0
+    assert (grad[ran_none] == 0).all() and (grad[~ran_none] > 0).all()
+
+
+def test_js_pulls_unsampled_ops_down_even_at_zero():
+    """JS's derivative for a probability-0 op the sample does not use is ½ ln 2 (no clamp)."""
+    p = torch.tensor([[0.0, 1.0, 0.0]])
+    q = torch.tensor([[0.0, 0.3, 0.7]], requires_grad=True)
+    js_divergence(p, q).sum().backward()
+    assert q.grad[0, 0] == pytest.approx(0.5 * math.log(2))
+    assert q.grad[0, 2] == pytest.approx(0.5 * math.log(2 * 0.7 / 0.7))
+    assert q.grad[0, 1] < 0
 
 
 def test_js_divergence_values():
@@ -279,6 +355,10 @@ def test_presets():
     shallow = resolve_config("stc-cifar10-shallow")
     assert (shallow.layers, shallow.channels) == (8, 16)
     assert resolve_config("stc-nb201-cifar10").space == "nb201"
+    net = resolve_config("stc-imagenet")  # §4.4
+    assert (net.space, net.layers, net.channels, net.class_fraction) == ("darts-imagenet", 14,
+                                                                         48, 0.1)
+    assert (net.w_lr, net.w_lr_min, net.w_weight_decay, net.epochs) == (0.5, 0.001, 3e-4, 50)
     cpu = resolve_config("stc-cpu")
     assert (cpu.method, cpu.dataset) == ("stc", "fashion-mnist")
     assert all(PRESETS[p].values["method"] == "stc" for p in PRESETS if p.startswith("stc"))
@@ -292,3 +372,15 @@ def test_composes_with_mim_objective(tiny_cfg, tmp_path):
     assert math.isfinite(last["train_loss"])
     # the architecture step saw both the objective's reconstruction term and STC's JS term
     assert last["train_arch_mim"] > 0 and last["train_arch_js"] > 0
+
+
+def test_imagenet_shaped_search_on_a_per_class_subset(tiny_cfg, tmp_path):
+    """The §4.4 setting in miniature: the darts-imagenet supernet, 20 % of every class."""
+    cfg = tiny_cfg(method="stc", space="darts-imagenet", image_size=16, layers=3, epochs=1,
+                   subset=None, class_fraction=0.2)
+    result = search(cfg, out=tmp_path / "in", progress=False)
+    assert math.isfinite(result.history[-1]["train_arch_js"])
+    counts = torch.bincount(load_dataset("digits", "train").labels)
+    kept = sum(round(int(c) * 0.2) for c in counts)  # round(0.2 · count) of each class
+    log = (tmp_path / "in" / "log.txt").read_text()
+    assert f"({kept - kept // 2} train / {kept // 2} val images" in log

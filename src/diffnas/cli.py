@@ -37,6 +37,8 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="fashion-mnist, cifar10, cifar100, digits or folder:PATH")
     p.add_argument("--data-dir", help="where dataset files are (also $DIFFNAS_DATA)")
     p.add_argument("--subset", type=int, help="use only this many training images")
+    p.add_argument("--class-fraction", type=float,
+                   help="use only this share of every class's training images (0.1: 10 %%)")
     p.add_argument("--image-size", type=int, help="resize images to this size")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -58,9 +60,9 @@ def _config(args: argparse.Namespace) -> Any:
     return resolve_config(
         args.preset or DEFAULT_PRESET, method=args.method, space=args.space,
         objective=args.objective, dataset=args.dataset, data_dir=args.data_dir,
-        subset=args.subset, image_size=args.image_size, epochs=args.epochs,
-        batch_size=args.batch_size, channels=args.channels, layers=args.layers,
-        order=args.order, seed=args.seed, device=args.device,
+        subset=args.subset, class_fraction=args.class_fraction, image_size=args.image_size,
+        epochs=args.epochs, batch_size=args.batch_size, channels=args.channels,
+        layers=args.layers, order=args.order, seed=args.seed, device=args.device,
         method_args=_kv(args.opt, "--opt") or None,
         objective_args=_kv(args.obj_opt, "--obj-opt") or None)
 

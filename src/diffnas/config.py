@@ -68,6 +68,7 @@ class SearchConfig(ConfigBase):
     dataset: str = "cifar10"
     data_dir: str | None = None
     subset: int | None = None          # use only this many training images (quick runs)
+    class_fraction: float | None = None  # per-class subset: this share of every class
     image_size: int | None = None      # resize images (None: the dataset's own size)
     epochs: int = 50
     batch_size: int = 64
@@ -109,6 +110,8 @@ class SearchConfig(ConfigBase):
             (self.order in (1, 2), f"order must be 1 or 2, got {self.order}"),
             (self.subset is None or self.subset >= 2,
              f"subset must be at least 2, got {self.subset}"),
+            (self.class_fraction is None or 0 < self.class_fraction <= 1,
+             f"class fraction must be in (0, 1], got {self.class_fraction}"),
             device_ok(self.device),
         ]
         self._check(checks)

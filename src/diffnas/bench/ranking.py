@@ -168,7 +168,8 @@ def _load_run(run_dir: str | Path, device: torch.device) -> tuple[SearchConfig, 
     if cfg.space != "nb201":
         raise DiffnasError(f"ranking needs a NAS-Bench-201-space run; {run.path} searched the "
                            f"{cfg.space!r} space")
-    data = load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir, image_size=cfg.image_size)
+    data = load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir, image_size=cfg.image_size,
+                        class_fraction=cfg.class_fraction, seed=cfg.seed)
     if cfg.subset is not None and cfg.subset < len(data.labels):
         data = data.subset(cfg.subset, cfg.seed)
     net, _, method = build_search(cfg, data.in_channels, data.image_size, data.num_classes, 1,

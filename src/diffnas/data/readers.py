@@ -134,6 +134,25 @@ class ImageDataset:
         keep = _stratified_pick(self.labels, n, seed)
         return replace(self, images=self.images[keep].contiguous(), labels=self.labels[keep])
 
+    def class_subset(self, fraction: float, seed: int) -> ImageDataset:
+        """A seeded per-class subset: ``round(count · fraction)`` samples of every class (e.g.
+        "10 % of each class" is ``fraction=0.1``), in their original order; mean/std stay."""
+        keep = _class_pick(self.labels, fraction, seed, self.classes)
+        return replace(self, images=self.images[keep].contiguous(), labels=self.labels[keep])
+
+
+def _class_pick(labels: torch.Tensor, fraction: float, seed: int,
+                classes: Sequence[str]) -> torch.Tensor:
+    """Sorted indices of :func:`stratified_split`'s first part, checked to keep every class."""
+    if not 0 < fraction <= 1:
+        raise DiffnasError(f"class fraction must be in (0, 1], got {fraction}")
+    keep = stratified_split(labels, fraction, seed)[0]
+    lost = sorted(set(labels.tolist()) - set(labels[keep].tolist()))
+    if lost:
+        raise DiffnasError(f"class fraction {fraction} keeps no image of class(es) "
+                           f"{', '.join(classes[c] for c in lost[:5])}; use a larger fraction")
+    return keep
+
 
 def _stratified_pick(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """Sorted indices of ``n`` samples drawn in proportion to class frequency."""
@@ -667,7 +686,8 @@ def _read_images(files: Sequence[Path], size: int, mode: str) -> torch.Tensor:
     return out
 
 
-def _load_folder(spec: str, split: str, image_size: int | None) -> ImageDataset:
+def _load_folder(spec: str, split: str, image_size: int | None,
+                 class_fraction: float | None = None, seed: int = 0) -> ImageDataset:
     raw_path = spec[len("folder:") :]
     if not raw_path:
         raise DiffnasError("dataset 'folder:' needs a path, e.g. folder:/data/flowers")
@@ -713,6 +733,11 @@ def _load_folder(spec: str, split: str, image_size: int | None) -> ImageDataset:
         )
     if split == "test" and not test:
         raise DiffnasError(f"{root} has no test images (add a val/ folder or more images)")
+    if class_fraction is not None:  # pick the split's files before reading any
+        files = train if split == "train" else test
+        keep = _class_pick(torch.tensor([lab for _, lab in files]), class_fraction, seed, classes)
+        files = [files[i] for i in keep.tolist()]
+        train, test = (files, test) if split == "train" else (train, files)
     mode = "L" if _all_grey([f for f, _ in train + test]) else "RGB"
     train_images = _read_images([f for f, _ in train], size, mode)
     if split == "train":
@@ -740,25 +765,31 @@ def load_dataset(
     data_dir: str | None = None,
     image_size: int | None = None,
     download: bool = True,
+    class_fraction: float | None = None,
+    seed: int = 0,
 ) -> ImageDataset:
     """Load one split ("train" or "test") of a dataset into memory.
 
     ``name`` is one of :data:`DATASETS` or ``folder:PATH``; ``image_size`` resizes images to
-    ``image_size`` x ``image_size`` (bilinear) when given.
+    ``image_size`` x ``image_size`` (bilinear) when given. ``class_fraction`` keeps
+    :meth:`ImageDataset.class_subset` of the split (seeded by ``seed``); an image folder
+    reads only those files (its mean/std are then those of the files read).
     """
     if split not in SPLITS:
         raise unknown("split", split, SPLITS)
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise DiffnasError(f"image size must be a positive integer, got {image_size!r}")
     if name.startswith("folder:"):
-        return _load_folder(name, split, image_size)
+        return _load_folder(name, split, image_size, class_fraction, seed)
     key = _ALIASES.get(name.strip().lower().replace("_", "-"))
     if key is None:
         raise unknown("dataset", name, [*DATASETS, "folder:PATH"])
     if key == "digits":
-        return _load_digits(split, image_size)
-    if key == "fashion-mnist":
+        data = _load_digits(split, image_size)
+    elif key == "fashion-mnist":
         images, labels = _load_fashion_mnist(split, data_dir, download)
-        return _finish(key, images, labels, list(FASHION_MNIST_CLASSES), image_size, True)
-    images, labels, classes = _load_cifar(key, split, data_dir, download)
-    return _finish(key, images, labels, classes, image_size, True)
+        data = _finish(key, images, labels, list(FASHION_MNIST_CLASSES), image_size, True)
+    else:
+        images, labels, classes = _load_cifar(key, split, data_dir, download)
+        data = _finish(key, images, labels, classes, image_size, True)
+    return data if class_fraction is None else data.class_subset(class_fraction, seed)

@@ -142,7 +142,8 @@ def search(cfg: SearchConfig | None = None, *, out: str | Path | None = None, re
     run = RunFolder.open(out or Path("runs") / f"{cfg.method}-{cfg.space}-{dataset_name}-"
                          f"seed{cfg.seed}", resume)
 
-    data = load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir, image_size=cfg.image_size)
+    data = load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir, image_size=cfg.image_size,
+                        class_fraction=cfg.class_fraction, seed=cfg.seed)
     if cfg.subset is not None and cfg.subset < len(data.labels):
         data = data.subset(cfg.subset, cfg.seed)
     return _run(cfg, data, run, resume, progress, device)

@@ -15,11 +15,29 @@ depth and width (the paper's depth consistency, preset ``stc-cifar10``):
   one-hot architecture and α turned into a distribution per edge.
 - §4.2: weights SGD 0.025 → 0.001 cosine, momentum 0.9, decay 3e-4; α Adam 3e-4,
   betas (0.5, 0.999) and *no* weight decay, so ops that are not sampled do not decay.
+- §4.4 (preset ``stc-imagenet``): direct search on ImageNet with the target network's
+  14 cells × 48 channels on 10 % of each class, SGD 0.5 → 0.001, decay 3e-4, 50 epochs.
 - §5 ablations (options): weight function relu / softmax / sigmoid, initial noise range,
   λ static or ramped (Table 7; the default ramp 0 → 2 is the paper's best).
 
 No reference code is public; these choices the paper leaves open are ours:
 
+- ReLU's derivative at 0 is taken as 1 (``α.clamp_min(0)``, the right derivative; torch's
+  ``relu`` uses 0). The projection (Eq. 6-8) puts α exactly on 0, and with derivative 0 there
+  an op at 0 would get no gradient from the task loss or the JS term ever again: a stationary
+  point of the method's arithmetic, not of the problem. Inside the box ReLU is the identity,
+  so 1 is its derivative on the whole feasible set and keeps Eq. (3) and Eq. (6)-(8) exact
+  (α may sit at 0 and weigh its op by exactly 0; an ε floor would change the feasible set
+  and never let an op's weight reach 0). A floored op that is sampled gets the task loss'
+  gradient ⟨∂L/∂out, o_n(x)⟩ and comes back when raising its weight lowers the loss.
+- ``none`` in NAS-Bench-201: a sampled ``none`` outputs 0 whatever α_none, so Eq. (5)
+  gives α_none no task-loss gradient; an edge running ``none`` is an edge the sub-cell does
+  not have, so, like the DARTS space's unselected edges, it has no row in the JS term
+  (Eq. 9 compares α with the architecture that ran). α_none thus moves only where another
+  op is sampled on its edge, where JS pulls it down with the edge's other unsampled ops: it
+  is never pulled up, and ``none`` is derived only where the task loss has pushed every real
+  op of the edge below it. (Counting the ``none`` row pulled α towards every sampled
+  ``none`` with no task-loss evidence against it; tiny searches all ended with ``none``.)
 - Sampling *is* the space's derivation rule applied to noisy weights: the sub-cell is
   ``supernet.genotype(f(α) + ε)`` (f the weight function). In the DARTS space an edge's
   strength is its sampled op's noisy score and each node keeps its two strongest edges
@@ -35,19 +53,24 @@ No reference code is public; these choices the paper leaves open are ours:
 - r is annealed linearly from ``noise`` to 0 over the search, r = noise·(1 − progress),
   updated every step; λ moves linearly from ``lambda_start`` to ``lambda_end``.
 - JS term: α becomes a distribution per edge by normalising the edge's weights f(α)
-  (ReLU: α / Σα; the sum is clamped at 1e-12 and logs at 1e-30, so an all-zero edge is
-  finite and a one-hot α gives exactly 0). It is averaged over the edges of the sampled
-  sub-cell (the edges that are not in the sub-cell are not part of α_s), so λ means the
-  same in both spaces. A step's logged ``val_loss`` is the whole architecture loss (λ·JS
-  included); ``arch_js``, ``noise_range`` and ``js_lambda`` are logged beside it.
+  (ReLU: α / Σα; the sum is clamped at 1e-12, so an all-zero edge is finite and a one-hot α
+  gives exactly 0). An op the sample does not use has the exact one-sided derivative
+  ½·ln 2 at probability 0 (no clamp on its log), so JS pulls it down, never up. It is
+  averaged over the JS rows of the sampled sub-cell, so λ means the same in both spaces. A
+  step's logged ``val_loss`` is the whole architecture loss (λ·JS included); ``arch_js``,
+  ``noise_range`` and ``js_lambda`` are logged beside it.
 - α starts at ``alpha_init`` = 0.5 (plus the supernet's 1e-3 random tie-breaker): inside
-  the box, where ReLU passes gradient. DARTS' α ≈ 0 would put half of them at the ReLU's
-  dead zero after the first projection.
+  the box, away from the bounds.
 - The Adam weight decay for α is 0 whatever ``a_weight_decay`` the config holds (§4.2 makes
   it part of the method); the presets also set it to 0 so ``config.json`` says so.
-- Presets: the batch sizes (96 for the 20-cell search, the DARTS retraining batch of that
-  network; 256 for the 8-cell one; 64 on NAS-Bench-201) and 50 epochs are our reading; the
-  paper's text was not available to check them.
+- Preset batch sizes: 96 for the 20-cell search (the DARTS retraining batch of that
+  network), 256 for the 8-cell one, 64 on NAS-Bench-201, 1024 on ImageNet (PC-DARTS'
+  ImageNet search batch: §4.4's subset, schedule and decay are that protocol's, and lr 0.5
+  is its large-batch rate); the CIFAR and NAS-Bench-201 searches use §4.4's 50 epochs.
+- ImageNet (``stc-imagenet``): "10 % of each class" is ``class_fraction=0.1`` (round(10 %)
+  of every class, seeded), split 50/50 into the w and α halves like every search here
+  (PC-DARTS draws 10 % for w and 2.5 % for α); images are resized to 224×224 on loading and
+  augmented by flips only (no random-resized crops in the in-memory pipeline).
 """
 
 from __future__ import annotations
@@ -104,16 +127,19 @@ def subcell(net: Supernet, genotype: Genotype) -> SubCell:
 
 
 def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon divergence of the rows of ``p`` and ``q`` (natural log; 0 ≤ JS ≤ ln 2).
+    """Jensen-Shannon divergence of the rows of ``p`` and ``q`` (natural log; 0 ≤ JS ≤ ln 2):
+    ½ Σ_i [p_i ln(2p_i / (p_i + q_i)) + q_i ln(2q_i / (p_i + q_i))].
 
-    Logs are clamped so that zero probabilities contribute 0 and no gradient is infinite."""
-    m = 0.5 * (p + q)
-    log_m = m.clamp_min(1e-30).log()
+    Where one side is 0 the other's ratio is exactly 2, so its term a·ln 2 has its true
+    derivative ln 2 even at a = 0; the remaining logs are clamped, so zero probabilities
+    contribute 0 and no gradient is infinite."""
+    total = p + q
 
-    def kl(a: torch.Tensor) -> torch.Tensor:
-        return (a * (a.clamp_min(1e-30).log() - log_m)).sum(dim=-1)
+    def part(a: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        ratio = torch.where(other == 0, torch.full_like(a, 2.0), 2 * a / total.clamp_min(1e-30))
+        return a * ratio.clamp_min(1e-30).log()
 
-    return 0.5 * (kl(p) + kl(q))
+    return 0.5 * (part(p, q) + part(q, p)).sum(dim=-1)
 
 
 class STC(SearchMethod):
@@ -170,7 +196,7 @@ class STC(SearchMethod):
             return F.softmax(alpha, dim=-1)
         if fn == "sigmoid":
             return torch.sigmoid(alpha)
-        return F.relu(alpha)  # Eq. (3)
+        return alpha.clamp_min(0.0)  # Eq. (3): ReLU, with derivative 1 at 0 (docstring)
 
     def sample(self, noise: float | None = None) -> SubCell:
         """A sub-cell from n = argmax(f(α) + ε), ε ~ U(0, r) (Eq. 4), under the space's derivation
@@ -196,17 +222,22 @@ class STC(SearchMethod):
 
     # -- losses and steps ---------------------------------------------------------------------
     def js_term(self) -> torch.Tensor:
-        """JS(α_s ‖ α) of Eq. (9), averaged over the edges of the current sub-cell."""
+        """JS(α_s ‖ α) of Eq. (9), averaged over the edges of the current sub-cell that run an
+        op (an edge running ``none`` is absent from the sub-cell: no row)."""
         if self.current is None:
             self.current = self.sample()
+        none = self.net.op_names.index("none") if "none" in self.net.op_names else None
         parts = []
         for kind, alpha in self.net.alphas.items():
             target = self.current.target[kind]
             rows = target.sum(dim=1) > 0
+            if none is not None:
+                rows &= target[:, none] == 0
             w = self.edge_weights(alpha[rows])
             q = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
             parts.append(js_divergence(target[rows], q))
-        return torch.cat(parts).mean()
+        js = torch.cat(parts)
+        return js.mean() if js.numel() else js.sum()  # 0 when every edge ran ``none``
 
     def arch_loss(self, batch: Batch) -> LossOutput:
         """L_val(w, α_s) + λ·JS(α_s ‖ α) (Eq. 10)."""
@@ -264,6 +295,15 @@ register_preset(
     "STC-NAS in the NAS-Bench-201 space on CIFAR-10: N=5 cells per stage, 16 channels, "
     "batch 64, 50 epochs",
     **_PAPER, space="nb201", batch_size=64, channels=16, layers=5)
+register_preset(
+    "stc-imagenet",
+    "STC-NAS direct ImageNet search (§4.4) at the target network's shape: darts-imagenet "
+    "(224→28 stem), 14 cells × 48 channels, 10 % of each class (class_fraction 0.1, half for "
+    "w, half for α), batch 1024, SGD 0.5 → 0.001, weight decay 3e-4, 50 epochs; pass "
+    "--dataset folder:PATH (train/ with one folder per class)",
+    **{**_PAPER, "space": "darts-imagenet", "dataset": "folder:", "image_size": 224,
+       "class_fraction": 0.1, "batch_size": 1024, "channels": 48, "layers": 14, "w_lr": 0.5,
+       "crop_padding": 0})
 register_preset(
     "stc-cpu",
     "STC-NAS on 2 CPU cores: DARTS space on a 6000-image Fashion-MNIST subset, 5 cells × 8 "
