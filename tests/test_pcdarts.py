@@ -188,3 +188,94 @@ def test_derivation_ranks_edges_by_beta_times_op_weight():
     assert sorted(src for _, src in g.normal[2:4]) == [1, 2]
     assert g.reduce == by_alpha  # equal β: the same cell as α alone
     assert all(op == "sep_conv_3x3" for op, _ in g.normal[2:4])
+
+
+# ------------------------------------------------------------------------------ the method
+def test_presets_follow_the_reference_code():
+    from diffnas.config import resolve_config
+
+    c = resolve_config("pcdarts-cifar10")
+    assert (c.method, c.space, c.dataset, c.epochs, c.batch_size, c.channels, c.layers) == \
+        ("pcdarts", "darts", "cifar10", 50, 256, 16, 8)
+    assert (c.w_lr, c.w_lr_min, c.w_momentum, c.w_weight_decay, c.grad_clip) == \
+        (0.1, 0.0, 0.9, 3e-4, 5.0)
+    assert (c.a_lr, c.a_betas, c.a_weight_decay, c.train_portion) == \
+        (6e-4, (0.5, 0.999), 1e-3, 0.5)
+    assert c.method_args == {"arch_warmup_epochs": 15}
+    n = resolve_config("pcdarts-nb201")
+    assert (n.space, n.epochs, n.batch_size, n.w_lr, n.w_lr_min, n.a_lr, n.layers) == \
+        ("nb201", 100, 64, 0.025, 0.001, 3e-4, 5)
+    assert n.method_args == {"partial_channels": 4, "edge_norm": False, "arch_warmup_epochs": 0}
+
+
+@pytest.mark.parametrize(("method", "args", "k", "norm"), [
+    ("pcdarts", {}, 4, True),                                    # the method's defaults
+    ("pcdarts", {"partial_channels": "1", "edge_norm": "0"}, 1, False),
+    ("darts", {}, 1, False),
+    ("darts", {"partial_channels": "4", "edge_norm": "true"}, 4, True),  # any method
+])
+def test_method_options_reach_the_supernet_and_the_arch_optimiser(tiny_cfg, method, args, k,
+                                                                   norm):
+    from diffnas.engine.search import build_search
+
+    cfg = tiny_cfg(method=method, method_args=args)
+    net, _, m = build_search(cfg, 1, 8, 10, 4, torch.device("cpu"))
+    edges = [e for e in net.modules() if isinstance(e, MixedEdge)]
+    assert {e.partial_channels for e in edges} == {k}
+    assert bool(net.betas) == norm and net.edge_norm == norm
+    optimised = {id(p) for g in m.a_opt.param_groups for p in g["params"]}
+    assert {id(p) for p in net.arch_parameters()} == optimised
+    assert all(id(b) in optimised for b in net.betas.values())
+
+
+def test_warm_up_is_the_reference_share_of_the_epochs_unless_given(tiny_cfg):
+    from diffnas.engine.search import build_search
+
+    def frozen(epochs: int, **args) -> list[bool]:
+        cfg = tiny_cfg(method="pcdarts", epochs=epochs, method_args=args)
+        _, _, m = build_search(cfg, 1, 8, 10, 4, torch.device("cpu"))
+        out = []
+        for e in range(epochs):
+            m.begin_epoch(e)
+            out.append(m.arch_frozen())
+        return out
+
+    assert frozen(50).index(False) == 15  # the reference: α frozen for epochs 0..14
+    assert frozen(4) == [True, False, False, False]
+    assert frozen(4, arch_warmup_epochs=0) == [False] * 4
+    assert frozen(4, arch_warmup_epochs="2") == [True, True, False, False]
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_pcdarts_end_to_end_on_digits(tiny_cfg, tmp_path, space):
+    """Two epochs: α and β stay at their initial values in the warm-up epoch, then move; the
+    metrics carry both snapshots."""
+    from diffnas.engine.search import build_search, search
+
+    cfg = tiny_cfg(method="pcdarts", space=space, subset=64, epochs=2)
+    _, _, fresh = build_search(cfg, 1, 8, 10, 1, torch.device("cpu"))
+    init_alpha = {k: w.tolist() for k, w in fresh.alpha_weights().items()}
+    init_beta = {k: w.tolist() for k, w in fresh.net.beta_weights().items()}
+    result = search(cfg, out=tmp_path / "run", progress=False)
+    first, last = result.history
+    assert (tmp_path / "run" / "genotype.json").exists()
+    assert set(first["beta"]) == set(first["alpha"]) == set(init_alpha)
+    for k in init_alpha:
+        torch.testing.assert_close(torch.tensor(first["alpha"][k]), torch.tensor(init_alpha[k]),
+                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.tensor(first["beta"][k]), torch.tensor(init_beta[k]),
+                                   atol=1e-5, rtol=0)
+        assert first["alpha"][k] != last["alpha"][k] and first["beta"][k] != last["beta"][k]
+    assert "search_val_loss" not in first and "search_val_loss" in last  # no α step, then one
+
+
+def test_pcdarts_resume_is_exact(tiny_cfg, tmp_path, interrupted_search, assert_same_run):
+    from diffnas.engine.search import search
+    from diffnas.methods.pcdarts import PCDARTS
+
+    cfg = tiny_cfg(method="pcdarts", space="nb201", subset=64, epochs=3)  # α frozen in epoch 0
+    straight = search(cfg, out=tmp_path / "straight", progress=False)
+    interrupted_search(cfg, tmp_path / "resumed", PCDARTS, at=2)
+    resumed = search(cfg, out=tmp_path / "resumed", resume=True, progress=False)
+    assert resumed.genotype == straight.genotype
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
