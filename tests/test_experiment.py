@@ -260,3 +260,13 @@ def test_published_column_beside_the_table_accuracy():
     assert all(p.source for p in ex.PUBLISHED.values())
     # no table accuracy, no published column
     assert "Published" not in markdown_table(aggregate([_row("darts", 0, search_acc=50.0)]))
+
+
+def test_decision_metrics():
+    """Cell stable = trailing epochs with the final cell; α-std growth = last / first epoch."""
+    h = [{"genotype_str": g, "alpha_std": a} for g, a in (("x", 0.5), ("y", 1.0), ("x", 2.0),
+                                                           ("x", 3.0), ("x", 4.0))]
+    assert ex.decision(h) == {"stable_epochs": 3, "alpha_std_growth": 8.0}
+    assert ex.decision(h[:2])["stable_epochs"] == 1
+    assert ex.decision(h[2:])["stable_epochs"] == 3
+    assert ex.decision([]) == {}

@@ -466,6 +466,19 @@ def _table_acc(table: Any, genotype: Any) -> float | None:
         return None
 
 
+def decision(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How decided a search ended: ``stable_epochs``, the last epochs over which the derived
+    cell stayed the same (1: it changed in the last epoch), and ``alpha_std_growth``, the
+    final α-std over the α-std after the first epoch."""
+    if not history:
+        return {}
+    cells = [rec.get("genotype_str") for rec in history]
+    stable = next((n for n in range(1, len(cells)) if cells[-1 - n] != cells[-1]), len(cells))
+    first, last = history[0].get("alpha_std"), history[-1].get("alpha_std")
+    growth = last / first if first and last is not None else None
+    return {"stable_epochs": stable, "alpha_std_growth": growth}
+
+
 def collect_run(cell: Cell, table: Any = None) -> dict[str, Any]:
     """One results row for a cell's run folder (``status`` tells whether it finished)."""
     from ..spaces import genotype_from_dict
@@ -498,7 +511,7 @@ def collect_run(cell: Cell, table: Any = None) -> dict[str, Any]:
         "table_acc": _table_acc(table, genotype) if table is not None else (
             curve[-1] if curve else None),
         "params_m": _params_m(genotype), "skip_count": last.get("skip_count"),
-        "alpha_std": last.get("alpha_std"),
+        "alpha_std": last.get("alpha_std"), **decision(history),
         "search_time_min": result.get("search_time_s", 0.0) / 60.0,
         "peak_mem_gib": result.get("peak_mem_gib"), "table_acc_curve": curve,
     })
@@ -523,6 +536,8 @@ METRICS: tuple[tuple[str, str, int], ...] = (
     ("params_m", "Params (M)", 3),
     ("skip_count", "Skips", 1),
     ("alpha_std", "α-std", 3),
+    ("alpha_std_growth", "α-std ÷ epoch 1", 1),
+    ("stable_epochs", "Cell stable (epochs)", 1),
     ("search_time_min", "Search time (min)", 1),
     ("peak_mem_gib", "Peak mem (GiB)", 2),
     ("retrain_acc", "Retrained acc, final epoch (%)", 2),
@@ -757,6 +772,11 @@ def report(out: str | Path, cells: Sequence[Cell], plot: bool = True,
     md = markdown_table(summary, notes)
     foot = ["Mean ± sample std over the finished seeds; Runs = finished/planned. Search val acc: "
             "the supernet on the search's held-out half."]
+    if any("stable_epochs" in e for e in summary):
+        foot.append("α-std: Σ over edges of the std of the edge's op weights after the last "
+                    "epoch; α-std ÷ epoch 1: that over its value after the first epoch; Cell "
+                    "stable: the last epochs over which the derived cell stayed the same (1: it "
+                    "changed in the last epoch). Both say how decided a search ended.")
     if any("retrain_best_acc" in e for e in summary):
         foot.append("Retrained acc: test accuracy of the retrained genotype after the last "
                     "epoch (final) and the best over its evaluated epochs (best, what the "
