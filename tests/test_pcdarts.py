@@ -202,10 +202,14 @@ def test_presets_follow_the_reference_code():
     assert (c.a_lr, c.a_betas, c.a_weight_decay, c.train_portion) == \
         (6e-4, (0.5, 0.999), 1e-3, 0.5)
     assert c.method_args == {"arch_warmup_epochs": 15}
-    n = resolve_config("pcdarts-nb201")
+    n = resolve_config("pcdarts-nb201-cifar10")
     assert (n.space, n.epochs, n.batch_size, n.w_lr, n.w_lr_min, n.a_lr, n.layers) == \
         ("nb201", 100, 64, 0.025, 0.001, 3e-4, 5)
     assert n.method_args == {"partial_channels": 4, "edge_norm": False, "arch_warmup_epochs": 0}
+    cpu, nb = resolve_config("pcdarts-cpu"), resolve_config("pcdarts-nb201-cpu")
+    assert (cpu.dataset, cpu.epochs, cpu.batch_size, cpu.w_lr, cpu.method_args) == \
+        ("fashion-mnist", 4, 64, 0.1, {})  # warm-up: the share, 1 of 4 epochs
+    assert (nb.space, nb.w_lr, nb.method_args) == ("nb201", 0.025, n.method_args)
 
 
 @pytest.mark.parametrize(("method", "args", "k", "norm"), [

@@ -18,13 +18,14 @@ explicit ``--opt arch_warmup_epochs=N`` the warm-up is that share of the run, 30
 epochs rounded (15 of 50; 1 of the ``cpu`` preset's 4; 2 of ``nb201-cpu``'s 8), so short runs
 still update α.
 
-Presets:
+Presets (``pcdarts-cpu`` / ``pcdarts-nb201-cpu``: the ``cpu`` / ``nb201-cpu`` data and network
+with these optimiser settings and options; ``pcdarts-cpu`` keeps the warm-up as a share):
 
 * ``pcdarts-cifar10`` (the reference's train_search.py, last revision): batch 256, SGD lr 0.1
   cosine-annealed to 0.0, momentum 0.9, wd 3e-4, grad clip 5; Adam 6e-4, betas (0.5, 0.999),
   wd 1e-3 (its architect.py); 50 epochs, α frozen for 15; 8 cells, 16 channels, K = 4, edge
   normalisation on; 50/50 train/val split of the CIFAR-10 training set.
-* ``pcdarts-nb201``: PC-DARTS' code has no NAS-Bench-201 search; the NAS-Bench-201 number
+* ``pcdarts-nb201-cifar10``: PC-DARTS' code has no NAS-Bench-201 search; the NAS-Bench-201 number
   usually quoted for it (93.41 ± 0.30) comes from DrNAS' re-run, and DrNAS' 201-space
   train_search.py runs it as ``--method darts --k 4``: partial channels K = 4 *without* edge
   normalisation (its NAS-Bench-201 cell has no β), no warm-up, 100 epochs, batch 64, SGD
@@ -46,8 +47,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import PRESETS, register_preset
 from .base import SearchMethod
+from .presets import register_method_presets
 
 #: PC-DARTS' warm-up as a share of the search: α frozen for the first 15 of 50 epochs
 WARMUP_SHARE = 15 / 50
@@ -67,23 +68,23 @@ class PCDARTS(SearchMethod):
         return self.epoch < round(WARMUP_SHARE * self.cfg.epochs)
 
 
-_DARTS_SEARCH = {k: v for k, v in PRESETS["darts-cifar10"].values.items() if k != "dataset"}
-_NB201_SEARCH = {k: v for k, v in PRESETS["nb201-cifar10"].values.items() if k != "dataset"}
-
-register_preset(
-    "pcdarts-cifar10",
-    "PC-DARTS CIFAR-10 search (reference train_search.py): K=4 partial channels, edge "
-    "normalisation, batch 256, SGD 0.1→0 cosine, Adam 6e-4 (wd 1e-3), 50 epochs with α "
-    "frozen for the first 15",
-    **{**_DARTS_SEARCH, "batch_size": 256, "w_lr": 0.1, "w_lr_min": 0.0, "a_lr": 6e-4,
-       "a_weight_decay": 1e-3, "epochs": 50},
-    method="pcdarts", dataset="cifar10", method_args={"arch_warmup_epochs": 15})
-register_preset(
-    "pcdarts-nb201",
-    "PC-DARTS on NAS-Bench-201 CIFAR-10 as DrNAS' 201-space code runs it (--method darts "
-    "--k 4): K=4 partial channels, no edge normalisation, 100 epochs, batch 64, SGD "
-    "0.025→0.001, Adam 3e-4 (wd 1e-3), no warm-up",
-    **{**_NB201_SEARCH, "epochs": 100, "batch_size": 64, "w_lr": 0.025, "w_lr_min": 0.001,
-       "a_lr": 3e-4, "a_weight_decay": 1e-3},
-    method="pcdarts", dataset="cifar10",
-    method_args={"partial_channels": 4, "edge_norm": False, "arch_warmup_epochs": 0})
+register_method_presets(
+    "pcdarts",
+    darts=("PC-DARTS CIFAR-10 search (reference train_search.py, architect.py): K=4 partial "
+           "channels, edge normalisation, batch 256, SGD 0.1 → 0 cosine (wd 3e-4), Adam 6e-4 "
+           "(wd 1e-3), 50 epochs with α frozen for the first 15, 8 cells × 16",
+           {"epochs": 50, "batch_size": 256, "channels": 16, "layers": 8, "w_lr": 0.1,
+            "w_lr_min": 0.0, "w_momentum": 0.9, "w_weight_decay": 3e-4, "grad_clip": 5.0,
+            "a_lr": 6e-4, "a_betas": (0.5, 0.999), "a_weight_decay": 1e-3,
+            "method_args": {"arch_warmup_epochs": 15}}),
+    nb201=("PC-DARTS NAS-Bench-201 CIFAR-10 search as DrNAS' 201-space train_search.py runs it "
+           "(--method darts --k 4): K=4 partial channels, no edge normalisation, no warm-up, "
+           "100 epochs, batch 64, SGD 0.025 → 0.001 (wd 3e-4), Adam 3e-4 (wd 1e-3), N=5 × 16",
+           {"epochs": 100, "batch_size": 64, "w_lr": 0.025, "w_lr_min": 0.001,
+            "w_momentum": 0.9, "w_weight_decay": 3e-4, "grad_clip": 5.0, "a_lr": 3e-4,
+            "a_betas": (0.5, 0.999), "a_weight_decay": 1e-3,
+            "method_args": {"partial_channels": 4, "edge_norm": False,
+                            "arch_warmup_epochs": 0}}),
+    # the warm-up as the reference's share of the run: 15 epochs would outlast the 4 of `cpu`
+    cpu=(", α frozen for the first 30 % of the epochs (15 of 50 there)", {"method_args": {}}),
+)
