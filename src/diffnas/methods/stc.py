@@ -66,7 +66,8 @@ No reference code is public; these choices the paper leaves open are ours:
 - Preset batch sizes: 96 for the 20-cell search (the DARTS retraining batch of that
   network), 256 for the 8-cell one, 64 on NAS-Bench-201, 1024 on ImageNet (PC-DARTS'
   ImageNet search batch: §4.4's subset, schedule and decay are that protocol's, and lr 0.5
-  is its large-batch rate); the CIFAR and NAS-Bench-201 searches use §4.4's 50 epochs.
+  is its large-batch rate); the CIFAR and NAS-Bench-201 searches run 50 epochs (DARTS'
+  count, and §4.4's on ImageNet).
 - ImageNet (``stc-imagenet``): "10 % of each class" is ``class_fraction=0.1`` (round(10 %)
   of every class, seeded), split 50/50 into the w and α halves like every search here
   (PC-DARTS draws 10 % for w and 2.5 % for α); images are resized to 224×224 on loading and
