@@ -121,6 +121,32 @@ def test_drnas_kl_variant_adds_the_kl_part_and_drops_alpha_weight_decay(tiny_cfg
         build(tiny_cfg, "drnas", method_args={"reg_type": "l3"})
 
 
+def test_prune_part_keeps_the_largest_alphas_and_renormalises(tiny_cfg):
+    net, _, m = build(tiny_cfg, "drnas", method_args={"regularisers": "prune",
+                                                      "prune_epoch": "1", "prune_keep": "2"})
+    a = net.alphas["cell"]
+    with torch.no_grad():
+        a.copy_(torch.arange(30, dtype=torch.float).reshape(6, 5) % 7 - 3)
+    before = a.detach().clone()
+    m.begin_epoch(0)
+    assert torch.equal(a, before)  # not yet
+    m.begin_epoch(1)
+    top = before.topk(2, dim=1).indices
+    kept = torch.zeros_like(before, dtype=torch.bool).scatter_(1, top, True)
+    assert torch.equal(a.detach(), torch.where(kept, before, torch.zeros_like(before)))
+    net.train()
+    w = net.edge_weights()["cell"].weights
+    assert (w[~kept] == 0).all() and torch.allclose(w.sum(1), torch.ones(6))
+    derived = m.alpha_weights()["cell"]
+    assert (derived[~kept] == 0).all()
+    assert all(net.op_names.index(op) in top[e].tolist() for e, op in enumerate(m.derive().ops))
+    with pytest.raises(DiffnasError, match="prune_keep in 1..5"):
+        build(tiny_cfg, "drnas", method_args={"regularisers": "prune", "prune_keep": "9"})
+    # DrNAS' kl variant adds its part beside a given list
+    _, _, kl = build(tiny_cfg, "drnas", method_args={"regularisers": "prune", "reg_type": "kl"})
+    assert [p.name for p in kl.regularisers] == ["prune", "dirichlet_kl"]
+
+
 # ------------------------------------------------------------------------ FairDARTS: threshold
 def test_fairdarts_supernet_has_no_none_and_sigmoid_weights(tiny_cfg):
     for space in ("darts", "nb201"):
@@ -259,7 +285,9 @@ def test_baselines_end_to_end_on_digits(tiny_cfg, tmp_path, method, space):
 @pytest.mark.parametrize("method", BASELINES)
 def test_resume_is_exact_for_every_baseline(tiny_cfg, tmp_path, interrupted_search,
                                             assert_same_run, method):
-    cfg = tiny_cfg(method=method, space="nb201", subset=64, epochs=2)
+    extra = {"regularisers": "prune", "prune_epoch": 1, "prune_keep": 3} if method == "drnas" \
+        else {}  # DrNAS with its progressive pruning at the resumed epoch
+    cfg = tiny_cfg(method=method, space="nb201", subset=64, epochs=2, method_args=extra)
     straight = search(cfg, out=tmp_path / "straight", progress=False)
     interrupted_search(cfg, tmp_path / "resumed", METHODS[method])
     resumed = search(cfg, out=tmp_path / "resumed", resume=True, progress=False)

@@ -40,7 +40,7 @@ from ..errors import DiffnasError
 from ..objectives import Batch, LossOutput, Objective
 from ..spaces import SPACES, Genotype, Supernet
 from ..spaces.base import EdgePolicy, EdgeWeights
-from . import derivation, edges, weighting  # noqa: F401  (register the parts)
+from . import derivation, edges, pruning, weighting  # noqa: F401  (register the parts)
 from .parts import Derivation, EdgeComputation, Part, Weighting, resolve_options
 
 #: Options every method takes (``--opt KEY=VALUE``), beside its own and its parts' options.
@@ -189,7 +189,7 @@ class SearchMethod(EdgePolicy):
         alpha = supernet.alphas[kind]
         w = self.sample_weights(alpha) if supernet.training else self.edge_weights(alpha)
         for part in self.regularisers:
-            w = part.adjust_weights(kind, w)
+            w = part.adjust_weights(kind, part.restrict(kind, w))
         return self.edges.policy(supernet, kind, w)
 
     # -- losses (hooks) ----------------------------------------------------------------------------
@@ -314,8 +314,15 @@ class SearchMethod(EdgePolicy):
     # -- results -----------------------------------------------------------------------------------
     @torch.no_grad()
     def alpha_weights(self) -> dict[str, torch.Tensor]:
-        """α after this method's weighting (softmax for DARTS), per cell kind."""
-        return {k: self.edge_weights(a.detach()) for k, a in self.net.alphas.items()}
+        """α after this method's weighting (softmax for DARTS), per cell kind (restricted to the
+        ops a pruning part keeps)."""
+        out = {}
+        for kind, a in self.net.alphas.items():
+            w = self.edge_weights(a.detach())
+            for part in self.regularisers:
+                w = part.restrict(kind, w)
+            out[kind] = w
+        return out
 
     def derive(self) -> Genotype:
         """The derivation part's genotype (DARTS: the space's argmax rule)."""

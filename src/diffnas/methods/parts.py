@@ -10,8 +10,9 @@ weighting       how α becomes op weights (and samples)  softmax, gumbel, dirich
                                                         sigmoid, relu  (weighting.py)
 edges           which ops an edge computes, and how     all, one  (edges.py)
 derivation      how α becomes a genotype                argmax, threshold  (derivation.py)
-regularisers    loss terms / perturbations on α or w    (a comma-separated list, may be
-                                                        empty; regularisers.py, ...)
+regularisers    loss terms / perturbations on α or w,   (a comma-separated list, may be
+                op pruning                              empty; regularisers.py,
+                                                        perturb.py, pruning.py)
 ==============  ======================================  =================================
 
 A named method is a preset of parts (``parts``) plus paper values of their options
@@ -96,6 +97,11 @@ class Part:
     def adjust_weights(self, kind: str, weights: torch.Tensor) -> torch.Tensor:
         """Change the op weights of cell kind ``kind`` before the edges use them (a perturbation;
         ``self.method.phase`` says whether the α step, the w step or evaluation is running)."""
+        return weights
+
+    def restrict(self, kind: str, weights: torch.Tensor) -> torch.Tensor:
+        """Restrict the op weights of cell kind ``kind`` to some ops (pruning), in every forward
+        and in derivation (unlike :meth:`adjust_weights`, which only the forward sees)."""
         return weights
 
     def arch_terms(self, batch: Batch, out: LossOutput) -> dict[str, torch.Tensor]:
