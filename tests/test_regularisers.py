@@ -397,19 +397,21 @@ def test_presets_follow_the_reference_scripts():
     from diffnas.config import resolve_config
 
     for name in METHODS_R:
-        for suffix, space, epochs in (("cifar10", "darts", 50), ("nb201", "nb201", None)):
+        for suffix, space in (("cifar10", "darts"), ("nb201-cifar10", "nb201")):
             cfg = resolve_config(f"{name}-{suffix}")
             assert (cfg.method, cfg.space, cfg.dataset) == (name, space, "cifar10")
             assert (cfg.batch_size, cfg.w_lr, cfg.w_lr_min, cfg.a_lr, cfg.a_weight_decay,
-                    cfg.channels) == (64, 0.025, 0.001, 3e-4, 1e-3, 16)
+                    cfg.channels, cfg.train_portion) == (64, 0.025, 0.001, 3e-4, 1e-3, 16, 0.5)
             assert cfg.layers == (8 if space == "darts" else 5)
-            if epochs:
-                assert cfg.epochs == epochs
+        assert resolve_config(f"{name}-cifar10").epochs == 50
         # every method also runs with the CPU presets
         for preset in ("cpu", "nb201-cpu"):
             assert resolve_config(preset, method=name).method == name
-    assert resolve_config("betadarts-nb201").epochs == 100
+            cfg = resolve_config(f"{name}-{preset}")
+            assert (cfg.method, cfg.subset) == (name, resolve_config(preset).subset)
+    for name in ("betadarts", "sdarts-rs", "sdarts-adv"):
+        assert resolve_config(f"{name}-nb201-cifar10").epochs == 100
     assert resolve_config("betadarts-cifar10").method_args == {"beta_decay_span": 100}
-    assert resolve_config("sdarts-adv-nb201").epochs == 100
-    nb = resolve_config("dartsminus-nb201")  # NAS-Bench-201's own DARTS-V1 protocol
+    assert resolve_config("betadarts-cpu").method_args == {}  # λ over the run's epochs
+    nb = resolve_config("dartsminus-nb201-cifar10")  # NAS-Bench-201's own DARTS-V1 protocol
     assert (nb.epochs, nb.w_weight_decay, nb.method_args) == (50, 5e-4, {"nesterov": True})

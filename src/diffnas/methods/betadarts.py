@@ -9,13 +9,16 @@ regularisers=beta_decay`` (e.g. on ``semantic``).
 
 Presets:
 
-* ``betadarts-nb201`` (the entry point of the reference README, ``nasbench201/train_search.py``):
-  100 epochs, batch 64, SGD 0.025 → 0.001 cosine, momentum 0.9, wd 3e-4, grad clip 5, Adam 3e-4
-  (betas 0.5, 0.999; wd 1e-3), N = 5 cells per stage, 16 channels, 50/50 split of the CIFAR-10
-  training set, no α perturbation (``--perturb_alpha none``); λ = 50·epoch/100 reaches 49.5.
+* ``betadarts-nb201-cifar10`` (the entry point of the reference README,
+  ``nasbench201/train_search.py``): 100 epochs, batch 64, SGD 0.025 → 0.001 cosine, momentum
+  0.9, wd 3e-4, grad clip 5, Adam 3e-4 (betas 0.5, 0.999; wd 1e-3), N = 5 cells per stage, 16
+  channels, 50/50 split of the CIFAR-10 training set, no α perturbation (``--perturb_alpha
+  none``); λ = 50·epoch/100 reaches 49.5.
 * ``betadarts-cifar10``: the DARTS-space search with DARTS' settings (50 epochs, batch 64, 8
   cells, 16 channels, the same optimisers) and the reference's λ formula, so λ reaches only
   24.5 in epoch 49 (``beta_decay_span=100``).
+* ``betadarts-cpu`` / ``betadarts-nb201-cpu``: the ``cpu`` / ``nb201-cpu`` data, network and
+  epochs with these optimisers; λ ramps 0 → 50 over the run (``beta_decay_span=0``).
 
 Deviations (one line each):
 
@@ -34,8 +37,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import PRESETS, register_preset
 from .base import SearchMethod
+from .presets import register_method_presets
 
 
 class BetaDARTS(SearchMethod):
@@ -46,23 +49,23 @@ class BetaDARTS(SearchMethod):
     part_options: dict[str, Any] = {"beta_decay_weight": 50.0, "beta_decay_span": 0}
 
 
-_DARTS_SEARCH = {k: v for k, v in PRESETS["darts-cifar10"].values.items() if k != "dataset"}
-_NB201_SEARCH = {k: v for k, v in PRESETS["nb201-cifar10"].values.items() if k != "dataset"}
-#: the optimiser settings both reference scripts share (Beta-DARTS train_search.py defaults)
-REFERENCE_STEP = {"batch_size": 64, "w_lr": 0.025, "w_lr_min": 0.001, "w_momentum": 0.9,
-                  "w_weight_decay": 3e-4, "grad_clip": 5.0, "a_lr": 3e-4,
-                  "a_betas": (0.5, 0.999), "a_weight_decay": 1e-3, "train_portion": 0.5}
+#: the optimiser settings of the reference's train_search.py defaults (both spaces; SDARTS' and
+#: DARTS-' scripts have the same ones)
+REFERENCE_STEP: dict[str, Any] = {
+    "batch_size": 64, "w_lr": 0.025, "w_lr_min": 0.001, "w_momentum": 0.9,
+    "w_weight_decay": 3e-4, "grad_clip": 5.0, "a_lr": 3e-4, "a_betas": (0.5, 0.999),
+    "a_weight_decay": 1e-3, "train_portion": 0.5, "order": 1}
 
-register_preset(
-    "betadarts-nb201",
-    "β-DARTS NAS-Bench-201 CIFAR-10 search (reference nasbench201/train_search.py): 100 "
-    "epochs, batch 64, SGD 0.025→0.001, wd 3e-4, Adam 3e-4 (wd 1e-3), N=5, 16 channels, "
-    "Beta-Decay λ = 50·epoch/100",
-    **{**_NB201_SEARCH, **REFERENCE_STEP, "epochs": 100, "layers": 5, "channels": 16},
-    method="betadarts", dataset="cifar10")
-register_preset(
-    "betadarts-cifar10",
-    "β-DARTS DARTS-space CIFAR-10 search: DARTS' settings (50 epochs, batch 64, 8 cells, 16 "
-    "channels) with the reference's hard-coded λ = 50·epoch/100 (0 → 24.5)",
-    **{**_DARTS_SEARCH, **REFERENCE_STEP, "epochs": 50},
-    method="betadarts", dataset="cifar10", method_args={"beta_decay_span": 100})
+register_method_presets(
+    "betadarts",
+    darts=("β-DARTS DARTS-space CIFAR-10 search: DARTS' settings (50 epochs, batch 64, 8 cells × "
+           "16, SGD 0.025→0.001, wd 3e-4, Adam 3e-4, wd 1e-3) with the reference's hard-coded "
+           "λ = 50·epoch/100 (0 → 24.5)",
+           {**REFERENCE_STEP, "epochs": 50, "channels": 16, "layers": 8,
+            "method_args": {"beta_decay_span": 100}}),
+    nb201=("β-DARTS NAS-Bench-201 CIFAR-10 search (reference nasbench201/train_search.py): 100 "
+           "epochs, batch 64, N=5 × 16, SGD 0.025→0.001, wd 3e-4, Adam 3e-4 (wd 1e-3), "
+           "λ = 50·epoch/100",
+           {**REFERENCE_STEP, "epochs": 100}),
+    cpu=(", λ 0 → 50 over the run", {"method_args": {}}),
+)

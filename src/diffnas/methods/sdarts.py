@@ -17,17 +17,20 @@ Presets (both follow the reference's argparse defaults, which its README command
 * ``sdarts-{rs,adv}-cifar10`` (``sota/cnn/train_search.py``, DARTS space ``s5``): 50 epochs,
   batch 64, SGD 0.025 → 0.001 cosine, momentum 0.9, wd 3e-4, grad clip 5, Adam 3e-4 (betas
   0.5, 0.999; wd 1e-3), 8 cells, 16 channels, 50/50 split, ε_max 0.3;
-* ``sdarts-{rs,adv}-nb201`` (``nasbench201/train_search.py``): the same optimisers, 100 epochs,
-  N = 5 cells per stage, 16 channels, ε_max 0.3.
+* ``sdarts-{rs,adv}-nb201-cifar10`` (``nasbench201/train_search.py``): the same optimisers,
+  100 epochs, N = 5 cells per stage, 16 channels, ε_max 0.3;
+* ``sdarts-{rs,adv}-cpu`` / ``-nb201-cpu``: the ``cpu`` / ``nb201-cpu`` data, network and
+  epochs with these optimisers (ADV costs about 4× a DARTS step: 7 extra forward-backward
+  passes and 2 forwards per step).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..config import PRESETS, register_preset
 from .base import SearchMethod
 from .betadarts import REFERENCE_STEP
+from .presets import register_method_presets
 
 
 class SDARTSRS(SearchMethod):
@@ -45,21 +48,15 @@ class SDARTSADV(SDARTSRS):
     part_options = {**SDARTSRS.part_options, "sdarts_mode": "adv", "sdarts_steps": 7}
 
 
-_DARTS_SEARCH = {k: v for k, v in PRESETS["darts-cifar10"].values.items() if k != "dataset"}
-_NB201_SEARCH = {k: v for k, v in PRESETS["nb201-cifar10"].values.items() if k != "dataset"}
-
 for _cls, _how in ((SDARTSRS, "uniform δ"), (SDARTSADV, "7-step L∞ PGD δ, step 2ε/7")):
-    register_preset(
-        f"{_cls.name}-cifar10",
-        f"{_cls.name.upper()} CIFAR-10 search in the DARTS space (reference sota/cnn/"
-        f"train_search.py): 50 epochs, batch 64, SGD 0.025→0.001, wd 3e-4, Adam 3e-4 (wd "
-        f"1e-3), 8 cells, 16 channels, {_how}, ε 0.03→0.3",
-        **{**_DARTS_SEARCH, **REFERENCE_STEP, "epochs": 50},
-        method=_cls.name, dataset="cifar10")
-    register_preset(
-        f"{_cls.name}-nb201",
-        f"{_cls.name.upper()} NAS-Bench-201 CIFAR-10 search (reference nasbench201/"
-        f"train_search.py): 100 epochs, batch 64, SGD 0.025→0.001, wd 3e-4, Adam 3e-4 (wd "
-        f"1e-3), N=5, 16 channels, {_how}, ε 0.03→0.3",
-        **{**_NB201_SEARCH, **REFERENCE_STEP, "epochs": 100, "layers": 5, "channels": 16},
-        method=_cls.name, dataset="cifar10")
+    register_method_presets(
+        _cls.name,
+        darts=(f"{_cls.name.upper()} CIFAR-10 search in the DARTS space (reference sota/cnn/"
+               f"train_search.py): 50 epochs, batch 64, 8 cells × 16, SGD 0.025→0.001, wd 3e-4, "
+               f"Adam 3e-4 (wd 1e-3), {_how}, ε 0.03→0.3",
+               {**REFERENCE_STEP, "epochs": 50, "channels": 16, "layers": 8}),
+        nb201=(f"{_cls.name.upper()} NAS-Bench-201 CIFAR-10 search (reference nasbench201/"
+               f"train_search.py): 100 epochs, batch 64, N=5 × 16, SGD 0.025→0.001, wd 3e-4, "
+               f"Adam 3e-4 (wd 1e-3), {_how}, ε 0.03→0.3",
+               {**REFERENCE_STEP, "epochs": 100}),
+    )
