@@ -40,8 +40,10 @@ from ..errors import DiffnasError
 from ..objectives import Batch, LossOutput, Objective
 from ..spaces import SPACES, Genotype, Supernet
 from ..spaces.base import EdgePolicy, EdgeWeights
-from . import derivation, edges, pruning, weighting  # noqa: F401  (register the parts)
+from . import derivation, pruning  # noqa: F401  (register the parts)
+from .edges import AllOps
 from .parts import Derivation, EdgeComputation, Part, Weighting, resolve_options
+from .weighting import Softmax
 
 #: Options every method takes (``--opt KEY=VALUE``), beside its own and its parts' options.
 GENERIC_OPTIONS: dict[str, Any] = {
@@ -71,6 +73,10 @@ class SearchMethod(EdgePolicy):
     default_objective: ClassVar[str] = "ce"
     #: DARTS Eq. (8): the finite-difference step is ε = fd_radius / ‖∇_{w'} L_val(w', α)‖
     fd_radius: ClassVar[float] = 0.01
+    #: the DARTS parts until ``__init__`` binds this run's (so a bare instance is DARTS' policy)
+    weighting: Weighting = Softmax(None, {})
+    edges: EdgeComputation = AllOps(None, {})
+    regularisers: tuple[Part, ...] | list[Part] = ()
 
     def __init__(self, cfg: SearchConfig, supernet: Supernet, objective: Objective,
                  steps_per_epoch: int) -> None:
