@@ -282,12 +282,13 @@ def test_baselines_end_to_end_on_digits(tiny_cfg, tmp_path, method, space):
     assert METHODS[method].name == method
 
 
-@pytest.mark.parametrize("method", BASELINES)
+@pytest.mark.parametrize(("method", "space"), [*((m, "nb201") for m in BASELINES),
+                                               ("gdas", "darts")])
 def test_resume_is_exact_for_every_baseline(tiny_cfg, tmp_path, interrupted_search,
-                                            assert_same_run, method):
+                                            assert_same_run, method, space):
     extra = {"regularisers": "prune", "prune_epoch": 1, "prune_keep": 3} if method == "drnas" \
         else {}  # DrNAS with its progressive pruning at the resumed epoch
-    cfg = tiny_cfg(method=method, space="nb201", subset=64, epochs=2, method_args=extra)
+    cfg = tiny_cfg(method=method, space=space, subset=64, epochs=2, method_args=extra)
     straight = search(cfg, out=tmp_path / "straight", progress=False)
     interrupted_search(cfg, tmp_path / "resumed", METHODS[method])
     resumed = search(cfg, out=tmp_path / "resumed", resume=True, progress=False)

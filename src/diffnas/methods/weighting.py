@@ -22,6 +22,12 @@ ones, from torch's global generator, which the search loop re-seeds every epoch)
   is the mean β / Σβ, whose argmax is that of α (the reference derives from softmax(α):
   the same argmax).
 
+Equation numbers are given where they were checked against the paper (DARTS, STC-NAS); for
+the others the formula is written out with the reference file it was read from
+(FairDARTS ``fairdarts/model_search.py``: ``F.sigmoid(alphas)``; GDAS
+``xautodl/models/cell_searchs/search_model_gdas.py``; SNAS ``SNAS/model_search.py
+_get_categ_mask``; DrNAS ``utils.py process_step_vector``).
+
 Deviation: the GDAS and DrNAS reference forwards sample in evaluation too; here evaluation
 (``net.eval()``) uses the deterministic ``weights``, so the loop's validation accuracy is that
 of the expected architecture, not of one draw.
