@@ -38,6 +38,7 @@ import torch
 
 from ..errors import DiffnasError
 from .parts import Part, register_part
+from .regularisers import choice_option
 
 Weights = dict[str, torch.Tensor]
 
@@ -111,6 +112,8 @@ def pgd_perturbation(weights: Weights, loss_fn: Callable[[Weights], torch.Tensor
 
 @register_part
 class SDARTS(Part):
+    """SDARTS' perturbation of the weight step's op weights (module docstring)."""
+
     slot = "regularisers"
     name = "sdarts"
     paper = ("SDARTS (Chen & Hsieh, ICML 2020): the weight step runs on softmax(α) + δ mapped to "
@@ -122,12 +125,8 @@ class SDARTS(Part):
     def __init__(self, method: Any, opts: dict[str, Any]) -> None:
         super().__init__(method, opts)
         o = self.opts
-        if o["sdarts_mode"] not in ("rs", "adv"):
-            raise DiffnasError(f"option sdarts_mode={o['sdarts_mode']!r} is unknown; valid: "
-                               "adv, rs")
-        if o["sdarts_projection"] not in PROJECTIONS:
-            raise DiffnasError(f"option sdarts_projection={o['sdarts_projection']!r} is "
-                               f"unknown; valid: {', '.join(PROJECTIONS)}")
+        choice_option("sdarts_mode", o["sdarts_mode"], ("rs", "adv"))
+        choice_option("sdarts_projection", o["sdarts_projection"], tuple(PROJECTIONS))
         if not 0 <= float(o["sdarts_eps_min"]) <= float(o["sdarts_eps"]):
             raise DiffnasError(f"options need 0 <= sdarts_eps_min <= sdarts_eps, got "
                                f"{o['sdarts_eps_min']} and {o['sdarts_eps']}")

@@ -18,7 +18,7 @@ could not be checked against their text here, so the comments name the term inst
 * DrNAS (Chen et al., ICLR 2021; xiangning-chen/DrNAS ``model_search.py`` ``_get_kl_reg``):
   ``Σ_e KL(Dir(ELU(α_e) + 1) ‖ Dir(1))``; its ``l2`` variant (the default) is no term but
   Adam's weight decay on α, ``reg_scale`` = 1e-3, which is the config's ``a_weight_decay``.
-* CDARTS (Yu et al., 2022) Eq. (11): ``‖α_skip‖₁`` on the raw α of chosen ops.
+* CDARTS (Yu, Peng et al., IEEE TPAMI 2023) Eq. (11): ``‖α_skip‖₁`` on the raw α of chosen ops.
 * DARTS- (Chu et al., ICLR 2021; Meituan-AutoML/DARTS- ``src/utils.py`` ``DecayScheduler``):
   the auxiliary-skip coefficient ``β(epoch) = β₀ · (T − epoch) / T`` ("linear").
 """
@@ -95,10 +95,16 @@ def linear_decay(epoch: int, start: float, span: int) -> float:
 
 
 # ------------------------------------------------------------------------------------ parts
-def _choice(name: str, value: Any, valid: Sequence[str]) -> str:
+def choice_option(name: str, value: Any, valid: Sequence[str]) -> str:
+    """``value`` of option ``name`` if it is one of ``valid``, else a one-line error."""
     if value not in valid:
         raise DiffnasError(f"option {name}={value!r} is unknown; valid: {', '.join(valid)}")
     return str(value)
+
+
+def _span(part: Part, key: str) -> int:
+    """The part's option ``key`` in epochs; 0 means the run's epochs."""
+    return int(part.opts[key]) or part.method.cfg.epochs
 
 
 def _non_negative(opts: dict[str, Any], *names: str) -> None:
@@ -108,14 +114,10 @@ def _non_negative(opts: dict[str, Any], *names: str) -> None:
 
 
 class AlphaTerm(Part):
-    """A regulariser on α, added to the α step's loss with a per-epoch coefficient."""
+    """A regulariser on α, added to the α step's loss with a coefficient of the epoch."""
 
     slot = "regularisers"
     term = ""  # the logged name (``arch_<term>``)
-
-    def __init__(self, method: Any, opts: dict[str, Any]) -> None:
-        super().__init__(method, opts)
-        self.coeff = 0.0
 
     def coefficient(self, epoch: int) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -123,15 +125,8 @@ class AlphaTerm(Part):
     def value(self) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def begin_epoch(self, epoch: int) -> None:
-        self.coeff = self.coefficient(epoch)
-
     def arch_terms(self, batch: Any, out: Any) -> dict[str, torch.Tensor]:
-        return {self.term: self.coeff * self.value()}
-
-    def span(self, key: str) -> int:
-        """The option ``key`` in epochs; 0 means the run's epochs."""
-        return int(self.opts[key]) or self.method.cfg.epochs
+        return {self.term: self.coefficient(self.method.epoch) * self.value()}
 
 
 @register_part
@@ -147,13 +142,13 @@ class BetaDecay(AlphaTerm):
 
     def coefficient(self, epoch: int) -> float:
         return linear_ramp(epoch, float(self.opts["beta_decay_weight"]),
-                           self.span("beta_decay_span"))
+                           _span(self, "beta_decay_span"))
 
     def value(self) -> torch.Tensor:
         return beta_decay(self.method.net.alphas.values())
 
     def stats(self) -> dict[str, float]:
-        return {"beta_decay_lambda": self.coeff}
+        return {"beta_decay_lambda": self.coefficient(self.method.epoch)}
 
 
 @register_part
@@ -166,7 +161,7 @@ class ZeroOne(AlphaTerm):
     def __init__(self, method: Any, opts: dict[str, Any]) -> None:
         super().__init__(method, opts)
         _non_negative(self.opts, "zero_one_weight")
-        self.norm = _choice("zero_one_norm", self.opts["zero_one_norm"], ("l1", "l2"))
+        self.norm = choice_option("zero_one_norm", self.opts["zero_one_norm"], ("l1", "l2"))
 
     def coefficient(self, epoch: int) -> float:
         return float(self.opts["zero_one_weight"])
@@ -250,8 +245,8 @@ class AuxSkip(Part):
         method.net.set_aux_scale(self.beta)
 
     def begin_epoch(self, epoch: int) -> None:
-        span = int(self.opts["aux_skip_span"]) or self.method.cfg.epochs
-        self.beta = linear_decay(epoch, float(self.opts["aux_skip_beta"]), span)
+        self.beta = linear_decay(epoch, float(self.opts["aux_skip_beta"]),
+                                 _span(self, "aux_skip_span"))
         self.method.net.set_aux_scale(self.beta)
 
     def stats(self) -> dict[str, float]:
