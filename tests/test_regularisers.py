@@ -370,16 +370,20 @@ def test_method_end_to_end_on_digits(tiny_cfg, tmp_path, name, space):
         assert [r["train_beta_decay_lambda"] for r in records] == [0.0, 25.0]
 
 
-@pytest.mark.parametrize("name", METHODS_R)
-def test_resume_is_exact(tiny_cfg, tmp_path, interrupted_search, assert_same_run, name):
+@pytest.mark.parametrize(("name", "space"), [(m, "nb201") for m in METHODS_R]
+                         + [("dartsminus", "darts")])  # its FactorizedReduce aux weights
+def test_resume_is_exact(tiny_cfg, tmp_path, interrupted_search, assert_same_run, name, space):
     from diffnas.engine.search import search
     from diffnas.methods import METHODS
 
-    cfg = tiny_cfg(method=name, space="nb201", subset=32, epochs=3, layers=1)
+    cfg = tiny_cfg(method=name, space=space, subset=32, epochs=3,
+                   layers=3 if space == "darts" else 1)
     search(cfg, out=tmp_path / "straight", progress=False)
     interrupted_search(cfg, tmp_path / "resumed", METHODS[name])
     search(cfg, out=tmp_path / "resumed", resume=True, progress=False)
-    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+    a, _, _ = assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+    if space == "darts":
+        assert any(".aux." in k for k in a["model"])
 
 
 def test_beta_decay_composes_with_semantic(tiny_cfg, tmp_path):
