@@ -22,6 +22,8 @@ Deviations (one line each):
 * the perturbation acts on the weighting's deterministic op weights (softmax(α) for the
   softmax weighting, as in SDARTS); with other weightings (sigmoid, ReLU) they are mapped
   onto the simplex too, which SDARTS never did.
+* the reference is single-GPU; under DDP every rank draws the same RS δ (the loop's seeding)
+  but ADV attacks each rank's own batch, so its δ differs between ranks.
 
 The part ``regularisers=sdarts`` (``sdarts_mode=rs|adv``) plugs this into any method's
 weight step: :meth:`SDARTS.before_weight_step` draws/finds δ, :meth:`SDARTS.adjust_weights`

@@ -192,8 +192,9 @@ class DirichletKL(AlphaTerm):
 @register_part
 class L1Skip(AlphaTerm):
     name = term = "l1_skip"
-    paper = ("CDARTS (Yu et al., TPAMI 2022) Eq. (11): λ'·‖α_op‖₁ on the raw α of l1_skip_ops, "
-             "λ' decaying linearly from l1_skip_weight to 0 over l1_skip_ratio of the epochs")
+    paper = ("CDARTS (Yu, Peng et al., TPAMI 2023) Eq. (11): λ'·‖α_op‖₁ on the raw α of "
+             "l1_skip_ops, λ' decaying linearly from l1_skip_weight to 0 over l1_skip_ratio of "
+             "the epochs")
     options = {"l1_skip_weight": 5.0, "l1_skip_ratio": 2 / 3, "l1_skip_ops": "skip_connect"}
 
     def __init__(self, method: Any, opts: dict[str, Any]) -> None:
