@@ -57,7 +57,7 @@ Deviations (paper/reference says X, we do Z because ...):
   the warm-up; with torch >= 1.4's chainable schedulers the factors then compound (0.1, 0.04,
   0.024, 0.0192, then cosine from 0.0192, checked with torch 2.13), with the closed form of
   torch 1.2–1.3 (its SETUP.md asks for >= 1.2) they do not. We follow the intended schedule,
-  cosine from 0.5 with the 5-epoch warm-up, which the script's values and the paper describe.
+  cosine from 0.5 with the 5-epoch warm-up that the script's arguments ask for.
 """
 
 from __future__ import annotations
