@@ -5,7 +5,7 @@
 # reports) the runs in runs/main and runs/main-train instead of starting over.
 set -euo pipefail
 cd "$(dirname "$0")"
-scripts/setup.sh
+scripts/setup.sh run
 scripts/fetch-data.sh
 resume() { [ -f "$1/checkpoint.pt" ] && echo --resume || true; }
 .venv/bin/diffnas search --preset semantic-cpu --out runs/main $(resume runs/main) "$@"

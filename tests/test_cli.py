@@ -3,6 +3,7 @@ counting, and user errors as one line without a traceback."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -152,3 +153,151 @@ def test_console_script_error_has_no_traceback(tmp_path):
     assert "darts" in proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+# ---------------------------------------------------------------- rough edges of a new user
+def _one_line_error(capsys, rc: int, *needles: str) -> str:
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_out_that_is_an_existing_file_is_one_error(tmp_path, capsys):
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("keep me")
+    rc = main(["search", *TINY, "--subset", "32", "--epochs", "1", "--out", str(blocker)])
+    _one_line_error(capsys, rc, str(blocker), "existing file")
+    rc = main(["search", *TINY, "--subset", "32", "--out", str(blocker / "run")])
+    _one_line_error(capsys, rc, str(blocker))  # a file in the way further up
+    rc = main(["train", "--preset", "tiny", "--no-progress", "--out", str(blocker)])
+    _one_line_error(capsys, rc, str(blocker))
+    assert blocker.read_text() == "keep me"
+
+
+def test_named_data_dir_that_does_not_exist_is_refused(tmp_path, capsys):
+    missing = tmp_path / "no-such-folder"
+    rc = main(["search", "--preset", "cpu", "--data-dir", str(missing), "--no-progress",
+               "--out", str(tmp_path / "run")])
+    _one_line_error(capsys, rc, str(missing), "does not exist")
+    rc = main(["train", "--preset", "cpu", "--data-dir", str(missing), "--no-progress",
+               "--out", str(tmp_path / "train")])
+    _one_line_error(capsys, rc, str(missing), "does not exist")
+
+
+def test_no_arguments_lists_the_commands_and_version(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for command in ("search", "train", "info", "list", "profile", "export", "experiment"):
+        line = next(ln for ln in out.splitlines() if ln.split()[:1] == [command])
+        assert len(line.split()) > 2  # a description on the command's line
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    from diffnas import __version__
+    assert capsys.readouterr().out.strip() == f"diffnas {__version__}"
+
+
+def test_search_config_from_a_run_folder_and_files(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(["search", *TINY, "--subset", "32", "--epochs", "1", "--seed", "4",
+                 "--method", "semantic", "--obj-opt", "mask_ratio=0.5", "--out", str(first)]) == 0
+    recorded = json.loads((first / "config.json").read_text())
+    # a run folder's config, one flag overriding it (option dicts merge)
+    assert main(["search", "--config", str(first), "--seed", "5", "--no-progress",
+                 "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert again == {**recorded, "seed": 5}
+    # a JSON file with some fields: the rest from the defaults of --preset
+    part = tmp_path / "part.json"
+    part.write_text(json.dumps({"dataset": "digits", "epochs": 3, "channels": 4}))
+    from diffnas.cli import _config, build_parser
+    cfg = _config(build_parser().parse_args(["search", "--config", str(part), "--preset",
+                                             "tiny", "--epochs", "1"]))
+    assert (cfg.dataset, cfg.epochs, cfg.channels, cfg.layers) == ("digits", 1, 4, 3)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"epochs": 1, "epochz": 2, "colour": 1}))
+    rc = main(["search", "--config", str(bad), "--out", str(tmp_path / "x")])
+    _one_line_error(capsys, rc, str(bad), "epochz", "colour")
+    rc = main(["search", "--config", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x")])
+    _one_line_error(capsys, rc, "nope.json")
+    assert not (tmp_path / "x").exists()
+
+
+def test_yaml_config_and_the_message_without_pyyaml(tmp_path, capsys, monkeypatch):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("dataset: digits\nepochs: 2\nobjective_args:\n  mask_ratio: 0.2\n")
+    from diffnas.cli import _config, build_parser
+    args = build_parser().parse_args(["search", "--config", str(cfg_file)])
+    if importlib.util.find_spec("yaml") is not None:
+        cfg = _config(args)
+        assert (cfg.dataset, cfg.epochs, cfg.objective_args) == ("digits", 2,
+                                                                 {"mask_ratio": 0.2})
+    monkeypatch.setitem(sys.modules, "yaml", None)  # as if PyYAML were not installed
+    rc = main(["search", "--config", str(cfg_file), "--out", str(tmp_path / "x")])
+    _one_line_error(capsys, rc, str(cfg_file), "PyYAML")
+
+
+def test_train_config_from_a_run_folder(tmp_path, capsys):
+    first = tmp_path / "t1"
+    base = ["train", "--preset", "tiny", "--epochs", "1", "--subset", "64", "--test-subset",
+            "32", "--no-progress", "--device", "cpu"]
+    assert main([*base, "--out", str(first)]) == 0
+    recorded = json.loads((first / "config.json").read_text())
+    assert main(["train", "--config", str(first), "--seed", "3", "--no-progress",
+                 "--out", str(tmp_path / "t2")]) == 0
+    again = json.loads((tmp_path / "t2" / "config.json").read_text())
+    assert again == {**recorded, "seed": 3}
+    search_cfg = tmp_path / "s.json"
+    search_cfg.write_text(json.dumps({"method": "darts", "epochs": 1}))
+    rc = main(["train", "--config", str(search_cfg), "--out", str(tmp_path / "t3")])
+    _one_line_error(capsys, rc, str(search_cfg), "unknown train config field(s) method")
+
+
+def test_tensorboard_scalars_and_alpha_images(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert main(["search", *TINY, "--subset", "32", "--epochs", "2", "--tensorboard",
+                 "--out", str(out)]) == 0
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0}).Reload()
+    tags = events.Tags()
+    for tag in ("train_loss", "val_acc", "skip_count", "alpha_std"):
+        assert [e.step for e in events.Scalars(tag)] == [0, 1], tag
+    metrics = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert events.Scalars("val_acc")[1].value == pytest.approx(metrics[1]["val_acc"])
+    assert set(tags["images"]) == {"alpha/normal", "alpha/reduce"}
+    image = events.Images("alpha/normal")[-1]
+    edges, ops = len(metrics[1]["alpha"]["normal"]), len(metrics[1]["alpha"]["normal"][0])
+    assert (image.height, image.width) == (edges * 12, ops * 12)
+    # without the package: one line naming the extra, before any work
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    rc = main(["search", *TINY, "--tensorboard", "--out", str(tmp_path / "x")])
+    _one_line_error(capsys, rc, "diffnas[tensorboard]")
+    assert not (tmp_path / "x").exists()
+
+
+def test_info_imagenet_dataset_counts_the_imagenet_network(capsys):
+    assert main(["info", "PDARTS", "--dataset", "imagenet", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["network"] == "NetworkImageNet" and (res["channels"], res["layers"]) == (48, 14)
+    assert res["madds_all_m"] == pytest.approx(557, rel=0.01)  # P-DARTS' printed 557 M
+    assert main(["info", "PDARTS", "--dataset", "imagenet"]) == 0
+    text = capsys.readouterr().out
+    assert "counted: NetworkImageNet" in text and "implied by --dataset imagenet" in text
+    assert main(["info", "PDARTS", "--dataset", "cifar10"]) == 0
+    assert "counted: NetworkCIFAR" in capsys.readouterr().out
+
+
+def test_license_and_ci_lint_before_tests():
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "the diffnas authors" in text
+    assert 'license = { text = "MIT" }' in (root / "pyproject.toml").read_text()
+    steps = [ln.strip() for ln in (root / ".ci" / "run").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    lint = next(i for i, ln in enumerate(steps) if "ruff check" in ln)
+    assert lint < steps.index("./test.sh")

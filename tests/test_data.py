@@ -124,7 +124,21 @@ def test_fashion_missing_offline_mentions_apt(tmp_path, monkeypatch):
         load_dataset("fashion-mnist", data_dir=str(tmp_path / "empty"), download=False)
     msg = str(err.value)
     assert "apt-get install dataset-fashion-mnist" in msg and "\n" not in msg
-    assert str(tmp_path / "empty") in msg and str(tmp_path / "env") in msg
+    assert str(tmp_path / "empty") in msg  # a named folder is the only place looked in
+    assert str(tmp_path / "env") not in msg
+    with pytest.raises(DiffnasError) as err:
+        load_dataset("fashion-mnist", download=False)
+    assert str(tmp_path / "env") in str(err.value)
+
+
+def test_named_data_dir_is_used_or_refused(tmp_path, monkeypatch):
+    write_fashion(tmp_path / "env", gz=True)  # a copy elsewhere must not replace the named one
+    monkeypatch.setenv("DIFFNAS_DATA", str(tmp_path / "env"))
+    with pytest.raises(DiffnasError, match=f"{tmp_path / 'missing'}.*does not exist"):
+        load_dataset("fashion-mnist", data_dir=str(tmp_path / "missing"), download=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DiffnasError, match="is not a folder"):
+        load_dataset("cifar10", data_dir=str(tmp_path / "file"), download=True)
 
 
 def test_fashion_download_failure_is_one_error(tmp_path, monkeypatch):
@@ -137,10 +151,10 @@ def test_fashion_download_failure_is_one_error(tmp_path, monkeypatch):
 def test_search_locations_order(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFNAS_DATA", str(tmp_path / "env"))
     monkeypatch.setattr(readers, "SYSTEM_DATA_DIRS", {"fashion-mnist": (tmp_path / "sys",)})
+    (tmp_path / "d").mkdir()
     places = readers.search_locations("fashion-mnist", str(tmp_path / "d"))
-    assert places == [
-        tmp_path / "d",
-        tmp_path / "d" / "fashion-mnist",
+    assert places == [tmp_path / "d", tmp_path / "d" / "fashion-mnist"]  # named: only there
+    assert readers.search_locations("fashion-mnist", None) == [
         tmp_path / "env",
         tmp_path / "env" / "fashion-mnist",
         tmp_path / "sys",
@@ -269,7 +283,7 @@ def test_cifar_download_extracts_into_cache(tmp_path, monkeypatch):
         shutil.copy(archive, dest)
 
     monkeypatch.setattr(readers, "download_file", fake_download)
-    ds = load_dataset("cifar10", "test", data_dir=str(tmp_path / "nothing"), download=True)
+    ds = load_dataset("cifar10", "test", download=True)
     assert len(ds) == 3 and fetched == [readers.CIFAR_URLS["cifar10"]]
     cache = tmp_path / "cache" / "diffnas" / "cifar10"
     assert sorted(p.name for p in cache.iterdir()) == ["cifar-10-batches-py"]

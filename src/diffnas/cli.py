@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import sys
@@ -54,24 +55,89 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                    help="objective option (repeatable), e.g. --obj-opt mask_ratio=0.6")
 
 
-def _config(args: argparse.Namespace) -> Any:
-    from .config import resolve_config
+def read_config_file(path: str, cls: Any) -> dict[str, Any]:
+    """The fields of a recorded configuration for ``--config``: a run folder (its
+    ``config.json``), a JSON file or a YAML file (PyYAML) holding fields of ``cls``
+    (:class:`~diffnas.config.SearchConfig` or ``TrainConfig``); unknown fields are an error."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        file = file / "config.json"
+    if not file.is_file():
+        raise DiffnasError(f"--config {path}: no such file (give a run folder, a .json or a "
+                           ".yaml file)")
+    text = file.read_text()
+    if file.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise DiffnasError(f"--config {file} is YAML, which needs PyYAML, and PyYAML is not "
+                               "installed (pip install pyyaml, or give a JSON file)") from None
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise DiffnasError(f"--config {file} is not valid YAML "
+                               f"({str(e).splitlines()[0]})") from None
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DiffnasError(f"--config {file} is not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise DiffnasError(f"--config {file} must hold one mapping of field: value")
+    names = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(values) - names)
+    if bad:
+        raise DiffnasError(f"--config {file}: unknown {cls._label} field(s) {', '.join(bad)}; "
+                           f"valid: {', '.join(sorted(names))}")
+    return values
 
-    return resolve_config(
-        args.preset or DEFAULT_PRESET, method=args.method, space=args.space,
-        objective=args.objective, dataset=args.dataset, data_dir=args.data_dir,
-        subset=args.subset, class_fraction=args.class_fraction, image_size=args.image_size,
-        epochs=args.epochs, batch_size=args.batch_size, channels=args.channels,
-        layers=args.layers, order=args.order, seed=args.seed, device=args.device,
-        method_args=_kv(args.opt, "--opt") or None,
-        objective_args=_kv(args.obj_opt, "--obj-opt") or None)
+
+def with_config_file(path: str | None, cls: Any, preset: str | None, default_preset: str,
+                     flags: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The preset and field values of a run: ``--config`` file values under the command-line
+    flags (``None`` = not given; option dicts merge), on top of ``--preset`` when given. Without
+    a file the preset defaults to ``default_preset``."""
+    if path is None:
+        return preset or default_preset, flags
+    values = read_config_file(path, cls)
+    for k, v in flags.items():
+        if v is None:
+            continue
+        values[k] = ({**values.get(k, {}), **v}
+                     if k in ("method_args", "objective_args") and isinstance(v, dict) else v)
+    return preset, values
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from .config import SearchConfig, resolve_config
+
+    flags = dict(method=args.method, space=args.space,
+                 objective=args.objective, dataset=args.dataset, data_dir=args.data_dir,
+                 subset=args.subset, class_fraction=args.class_fraction,
+                 image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+                 channels=args.channels, layers=args.layers, order=args.order, seed=args.seed,
+                 device=args.device, method_args=_kv(args.opt, "--opt") or None,
+                 objective_args=_kv(args.obj_opt, "--obj-opt") or None)
+    preset, values = with_config_file(getattr(args, "config", None), SearchConfig, args.preset,
+                                      DEFAULT_PRESET, flags)
+    return resolve_config(preset, **values)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .engine.search import search
 
     cfg = _config(args)
-    result = search(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
+    on_epoch = None
+    if args.tensorboard:
+        from .engine.tensorboard import TensorBoardLogger
+
+        on_epoch = TensorBoardLogger()  # checks for the package before the search starts
+    try:
+        result = search(cfg, out=args.out, resume=args.resume, progress=not args.no_progress,
+                        on_epoch=on_epoch)
+    finally:
+        if on_epoch is not None:
+            on_epoch.close()
     if args.json:
         print(json.dumps({"genotype": result.genotype.to_dict(), "run_dir": str(result.run_dir),
                           "val_acc": result.metrics.get("val_acc")}))
@@ -128,9 +194,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="diffnas",
                                      description="Differentiable neural architecture search.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"diffnas {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("search", help="run an architecture search")
     _add_search_options(p)
@@ -139,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.add_argument("--config", metavar="FILE",
+                   help="start from a recorded configuration: a run folder (its config.json) "
+                        "or a JSON/YAML file of config fields; flags override it")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write each epoch's scalars and α heatmaps for TensorBoard to "
+                        "RUN_FOLDER/tensorboard (extra: pip install 'diffnas[tensorboard]')")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("profile", help="time one search iteration on synthetic tensors")
@@ -158,8 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_lines(parser: argparse.ArgumentParser) -> list[str]:
+    """One line per subcommand: its name and help text."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    width = max(len(a.dest) for a in sub._choices_actions)
+    return [f"  {a.dest:<{width}}  {a.help}" for a in sub._choices_actions]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        print("usage: diffnas COMMAND [options]   (diffnas COMMAND --help for its options; "
+              "diffnas --version)\n\ncommands:")
+        print("\n".join(command_lines(parser)))
+        return 0
     try:
         return args.func(args)
     except DiffnasError as e:

@@ -58,6 +58,10 @@ def register(sub: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.add_argument("--config", metavar="FILE",
+                   help="start from a recorded configuration: a train run folder (its "
+                        "config.json) or a JSON/YAML file of train config fields; flags "
+                        "override it")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("info", help="parameters and multiply-adds of a genotype's network; "
@@ -102,11 +106,22 @@ def _add_shape_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int)
 
 
+def _dataset_key(args: argparse.Namespace) -> str | None:
+    if not args.dataset:
+        return None
+    return args.dataset.strip().lower().replace("_", "-").replace("fashionmnist", "fashion-mnist")
+
+
+def _imagenet(args: argparse.Namespace) -> bool:
+    """The ImageNet mobile network: ``--imagenet``, or implied by ``--dataset imagenet`` (as
+    ``train --network auto`` does)."""
+    return bool(args.imagenet) or _dataset_key(args) == "imagenet"
+
+
 def _shape(args: argparse.Namespace) -> tuple[int, int, int]:
-    chans, size, classes = DATASET_SHAPES["imagenet" if args.imagenet else "cifar10"]
+    chans, size, classes = DATASET_SHAPES["imagenet" if _imagenet(args) else "cifar10"]
     if args.dataset:
-        key = args.dataset.strip().lower().replace("_", "-").replace("fashionmnist",
-                                                                     "fashion-mnist")
+        key = _dataset_key(args)
         if key not in DATASET_SHAPES:
             raise DiffnasError(f"diffnas info/export knows the shape of datasets "
                                f"{', '.join(DATASET_SHAPES)}, not {args.dataset!r}; give "
@@ -121,7 +136,7 @@ def _network(args: argparse.Namespace, spec: str) -> tuple[Any, Any]:
 
     genotype = parse_genotype(spec)
     chans, size, classes = _shape(args)
-    net = build_network(genotype, imagenet=args.imagenet, channels=args.channels,
+    net = build_network(genotype, imagenet=_imagenet(args), channels=args.channels,
                         layers=args.layers, num_classes=classes, in_channels=chans,
                         input_size=size)
     return genotype, net
@@ -154,8 +169,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     if entry is not None:
         out["name"] = entry.name
         out["source"] = entry.source
-        setting = "imagenet" if args.imagenet else "cifar10"
-        default = (args.channels is None and args.layers is None and args.dataset is None
+        setting = "imagenet" if _imagenet(args) else "cifar10"
+        default = (args.channels is None and args.layers is None
+                   and _dataset_key(args) in (None, setting)
                    and args.input_size is None and args.num_classes is None)
         if default and setting in entry.reported:
             out["reported"] = entry.reported[setting]
@@ -163,8 +179,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(out))
         return 0
     print(f"{out.get('name', 'genotype')}: {genotype}")
-    print(f"  {out['network']}: {out['channels']} channels, {out['layers']} cells, "
-          f"{cost.in_channels}×{cost.input_size}² input, {out['num_classes']} classes")
+    why = (" (ImageNet mobile setting, implied by --dataset imagenet)"
+           if _imagenet(args) and not args.imagenet else "")
+    print(f"  counted: {out['network']}{why}: {out['channels']} channels, {out['layers']} "
+          f"cells, {cost.in_channels}×{cost.input_size}² input, {out['num_classes']} classes")
     print(f"  parameters {cost.params_m:.3f} M (auxiliary head excluded; it adds "
           f"{cost.params_aux / 1e6:.3f} M)")
     print(f"  multiply-adds (one image) {cost.madds_m:.1f} M in convolutions and linear layers; "
@@ -176,10 +194,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine.train import resolve_train_config, train
+    from .cli import with_config_file
+    from .engine.train import TrainConfig, resolve_train_config, train
 
-    cfg = resolve_train_config(
-        args.preset or DEFAULT_TRAIN_PRESET, genotype=args.genotype, dataset=args.dataset,
+    flags = dict(
+        genotype=args.genotype, dataset=args.dataset,
         data_dir=args.data_dir, subset=args.subset, test_subset=args.test_subset,
         image_size=args.image_size, network=args.network, channels=args.channels,
         layers=args.layers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -188,6 +207,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         auxiliary_weight=args.auxiliary_weight, drop_path=args.drop_path, cutout=args.cutout,
         color_jitter=args.color_jitter, eval_every=args.eval_every, seed=args.seed,
         device=args.device, amp=False if args.no_amp else None, workers=args.workers)
+    preset, values = with_config_file(args.config, TrainConfig, args.preset,
+                                      DEFAULT_TRAIN_PRESET, flags)
+    if args.genotype is not None:
+        values.pop("genotype_source", None)  # a new genotype: the recorded source is not its
+    cfg = resolve_train_config(preset, **values)
     res = train(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
     r = res.result
     if args.json:

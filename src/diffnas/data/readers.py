@@ -252,14 +252,31 @@ def cache_dir() -> Path:
     return Path(root) / "diffnas"
 
 
+def explicit_data_dir(data_dir: str | os.PathLike[str] | None) -> Path | None:
+    """The folder the user named (``--data-dir``), which must exist: a named folder is used or
+    refused, never silently replaced by another location."""
+    if not data_dir:
+        return None
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise DiffnasError(f"data folder {path} (--data-dir) {what}; create it, or leave out "
+                           "--data-dir to use $DIFFNAS_DATA, the system copy or the download "
+                           "cache")
+    return path
+
+
 def search_locations(dataset: str, data_dir: str | os.PathLike[str] | None) -> list[Path]:
-    """Folders searched, in order, for the files of a built-in ``dataset``."""
+    """Folders searched, in order, for the files of a built-in ``dataset``: only ``data_dir``
+    (and its ``dataset`` subfolder) when it is given, else ``$DIFFNAS_DATA``, the system
+    copy and the download cache."""
+    base = explicit_data_dir(data_dir)
+    if base is not None:
+        return [base, base / dataset]
     places: list[Path] = []
-    bases = [Path(data_dir).expanduser()] if data_dir else []
     if os.environ.get("DIFFNAS_DATA"):
-        bases.append(Path(os.environ["DIFFNAS_DATA"]).expanduser())
-    for base in bases:
-        places += [base, base / dataset]
+        env = Path(os.environ["DIFFNAS_DATA"]).expanduser()
+        places += [env, env / dataset]
     places += list(SYSTEM_DATA_DIRS.get(dataset, ()))
     places.append(cache_dir() / dataset)
     unique: list[Path] = []
@@ -412,7 +429,8 @@ def _load_fashion_mnist(
                 f"Fashion-MNIST {split} files not found (looked in {_looked_in(places)}) and "
                 f"download is off; {hint}"
             )
-        target = cache_dir() / "fashion-mnist"
+        named = explicit_data_dir(data_dir)
+        target = named if named is not None else cache_dir() / "fashion-mnist"
         try:
             for stem in stems:
                 name = stem + ".gz"
@@ -529,13 +547,14 @@ _CIFAR_LAYOUT = {
 
 def _cifar_places(name: str, data_dir: str | None) -> list[Path]:
     folder = _CIFAR_LAYOUT[name][0]
+    named = explicit_data_dir(data_dir)
+    bases = [named] if named is not None else (
+        [Path(os.environ["DIFFNAS_DATA"]).expanduser()] if os.environ.get("DIFFNAS_DATA") else [])
     places: list[Path] = []
-    bases = [Path(data_dir).expanduser()] if data_dir else []
-    if os.environ.get("DIFFNAS_DATA"):
-        bases.append(Path(os.environ["DIFFNAS_DATA"]).expanduser())
     for base in bases:
         places += [base / folder, base / name / folder, base]
-    places.append(cache_dir() / name / folder)
+    if named is None:
+        places.append(cache_dir() / name / folder)
     return places
 
 
@@ -554,7 +573,11 @@ def _load_cifar(
                 f"{name} files ({folder}/{', '.join(needed)}) not found (looked in "
                 f"{_looked_in(places)}) and download is off; {hint}"
             )
-        cache = cache_dir() / name
+        named = explicit_data_dir(data_dir)
+        if named is not None and (named / folder).exists():  # never delete the user's files
+            raise DiffnasError(f"{named / folder} lacks {', '.join(needed)}; complete it or "
+                               "remove it (then diffnas downloads the dataset there)")
+        cache = named if named is not None else cache_dir() / name
         archive = cache / url.rsplit("/", 1)[1]
         try:
             if not archive.is_file():

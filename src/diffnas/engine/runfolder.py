@@ -51,6 +51,11 @@ class RunFolder:
         """The folder of a run about to start; refuses to overwrite a checkpoint unless the run
         resumes it."""
         run = cls(path)
+        blocker = next((p for p in (run.path, *run.path.parents)
+                        if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise DiffnasError(f"run folder {run.path} cannot be created: {blocker} is an "
+                               "existing file, not a folder; pass another --out")
         if not resume and run.checkpoint.exists():
             raise DiffnasError(f"run folder {run.path} already holds a checkpoint; pass --resume "
                                "to continue it or --out to start a new run")

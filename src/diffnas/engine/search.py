@@ -126,11 +126,14 @@ class _Meter:
 
 
 def search(cfg: SearchConfig | None = None, *, out: str | Path | None = None, resume: bool = False,
-           progress: bool = True, preset: str | None = None, **overrides: Any) -> SearchResult:
+           progress: bool = True, preset: str | None = None,
+           on_epoch: Callable[[Path, dict[str, Any]], None] | None = None,
+           **overrides: Any) -> SearchResult:
     """Run one architecture search and return its genotype and run folder.
 
     ``search(preset="cpu", epochs=2)`` or ``search(SearchConfig(...))``; the run folder
-    defaults to ``runs/<method>-<space>-<dataset>-seed<seed>``.
+    defaults to ``runs/<method>-<space>-<dataset>-seed<seed>``. ``on_epoch(run_dir, record)``
+    is called after every epoch's checkpoint with its metrics record (e.g. TensorBoard).
     """
     if cfg is None:
         cfg = resolve_config(preset, **overrides)
@@ -146,11 +149,12 @@ def search(cfg: SearchConfig | None = None, *, out: str | Path | None = None, re
                         class_fraction=cfg.class_fraction, seed=cfg.seed)
     if cfg.subset is not None and cfg.subset < len(data.labels):
         data = data.subset(cfg.subset, cfg.seed)
-    return _run(cfg, data, run, resume, progress, device)
+    return _run(cfg, data, run, resume, progress, device, on_epoch)
 
 
 def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, progress: bool,
-         device: torch.device) -> SearchResult:
+         device: torch.device,
+         on_epoch: Callable[[Path, dict[str, Any]], None] | None = None) -> SearchResult:
     images, labels = data.images.to(device), data.labels.to(device)
     train_idx, val_idx = split_indices(len(labels), cfg.train_portion, cfg.seed)
     train = BatchStream(images, labels, train_idx, cfg.batch_size, seed=cfg.seed, device=device)
@@ -242,6 +246,8 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
             if progress:
                 bar.write(line)
             history.append(record)
+            if on_epoch is not None:
+                on_epoch(run.path, record)
     finally:
         bar.close()
     summary = {"genotype": genotype.to_dict(), "genotype_str": str(genotype),
