@@ -1,5 +1,6 @@
 """Search methods by name. A new method is one module with a :class:`SearchMethod` subclass
-added to :data:`METHODS`."""
+added to :data:`METHODS`: usually just its ``parts``, ``part_options`` and presets (see
+:mod:`.parts` for the parts and how to add one, :mod:`.gdas` for a method made of them)."""
 
 from __future__ import annotations
 
