@@ -13,7 +13,9 @@ Layout of an experiment folder::
 Re-running the same command resumes: finished runs (``result.json`` present) are skipped, an
 interrupted one continues from its checkpoint (the search's own resume), a failed one is retried.
 By default each run is its own process, so a crash cannot take the grid down and peak memory
-is measured per run.
+is measured per run; ``jobs`` of them run at once. Before the first run starts every run's
+supernet, objective and method are built once (:func:`check_runs`), so a bad option stops the
+grid at once instead of after hours.
 """
 
 from __future__ import annotations
