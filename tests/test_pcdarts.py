@@ -217,6 +217,8 @@ def test_presets_follow_the_reference_code():
     ("pcdarts", {"partial_channels": "1", "edge_norm": "0"}, 1, False),
     ("darts", {}, 1, False),
     ("darts", {"partial_channels": "4", "edge_norm": "true"}, 4, True),  # any method
+    ("drnas", {"partial_channels": "4"}, 4, False),              # as DrNAS' DARTS space
+    ("gdas", {"edge_norm": "1"}, 1, True),
 ])
 def test_method_options_reach_the_supernet_and_the_arch_optimiser(tiny_cfg, method, args, k,
                                                                    norm):
