@@ -25,11 +25,11 @@ with these optimiser settings and options; ``pcdarts-cpu`` keeps the warm-up as 
   cosine-annealed to 0.0, momentum 0.9, wd 3e-4, grad clip 5; Adam 6e-4, betas (0.5, 0.999),
   wd 1e-3 (its architect.py); 50 epochs, α frozen for 15; 8 cells, 16 channels, K = 4, edge
   normalisation on; 50/50 train/val split of the CIFAR-10 training set.
-* ``pcdarts-nb201-cifar10``: PC-DARTS' code has no NAS-Bench-201 search; the NAS-Bench-201 number
-  usually quoted for it (93.41 ± 0.30) comes from DrNAS' re-run, and DrNAS' 201-space
-  train_search.py runs it as ``--method darts --k 4``: partial channels K = 4 *without* edge
-  normalisation (its NAS-Bench-201 cell has no β), no warm-up, 100 epochs, batch 64, SGD
-  0.025 → 0.001, wd 3e-4, Adam 3e-4 (wd 1e-3), N = 5 cells per stage, 16 channels.
+* ``pcdarts-nb201-cifar10``: PC-DARTS' code has no NAS-Bench-201 search; the number quoted
+  for it there (93.41 ± 0.30) is DrNAS' re-run, and the closest code we found is DrNAS'
+  201-space train_search.py with ``--method darts --k 4``: partial channels K = 4 *without*
+  edge normalisation (its NAS-Bench-201 cell has no β), no warm-up, 100 epochs, batch 64,
+  SGD 0.025 → 0.001, wd 3e-4, Adam 3e-4 (wd 1e-3), N = 5 cells per stage, 16 channels.
 
 Deviations (one line each):
 
@@ -77,8 +77,8 @@ register_method_presets(
             "w_lr_min": 0.0, "w_momentum": 0.9, "w_weight_decay": 3e-4, "grad_clip": 5.0,
             "a_lr": 6e-4, "a_betas": (0.5, 0.999), "a_weight_decay": 1e-3,
             "method_args": {"arch_warmup_epochs": 15}}),
-    nb201=("PC-DARTS NAS-Bench-201 CIFAR-10 search as DrNAS' 201-space train_search.py runs it "
-           "(--method darts --k 4): K=4 partial channels, no edge normalisation, no warm-up, "
+    nb201=("PC-DARTS NAS-Bench-201 CIFAR-10 search as DrNAS' 201-space train_search.py can run "
+           "it (--method darts --k 4): K=4 partial channels, no edge normalisation, no warm-up, "
            "100 epochs, batch 64, SGD 0.025 → 0.001 (wd 3e-4), Adam 3e-4 (wd 1e-3), N=5 × 16",
            {"epochs": 100, "batch_size": 64, "w_lr": 0.025, "w_lr_min": 0.001,
             "w_momentum": 0.9, "w_weight_decay": 3e-4, "grad_clip": 5.0, "a_lr": 3e-4,
