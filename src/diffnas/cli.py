@@ -51,6 +51,13 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda[:N] or auto")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE",
                    help="method option (repeatable), e.g. --opt noise=0.3")
+    p.add_argument("--select", help="selection after the search: pt (DARTS-PT; options "
+                                    "--opt proj_intv=N, --opt pt_crit=acc|loss)")
+    p.add_argument("--hessian-every", type=int, metavar="K",
+                   help="log the dominant eigenvalue of the α-Hessian (hessian_eig) every K "
+                        "epochs (RobustDARTS; 0 = off, the default)")
+    p.add_argument("--hessian-batches", type=int, metavar="N",
+                   help="fixed validation batches of --hessian-every (default 1)")
     p.add_argument("--obj-opt", action="append", metavar="KEY=VALUE",
                    help="objective option (repeatable), e.g. --obj-opt mask_ratio=0.6")
 
@@ -116,7 +123,9 @@ def _config(args: argparse.Namespace) -> Any:
                  subset=args.subset, class_fraction=args.class_fraction,
                  image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
                  channels=args.channels, layers=args.layers, order=args.order, seed=args.seed,
-                 device=args.device, method_args=_kv(args.opt, "--opt") or None,
+                 device=args.device, select=args.select,
+                 hessian_every=args.hessian_every, hessian_batches=args.hessian_batches,
+                 method_args=_kv(args.opt, "--opt") or None,
                  objective_args=_kv(args.obj_opt, "--obj-opt") or None)
     preset, values = with_config_file(getattr(args, "config", None), SearchConfig, args.preset,
                                       DEFAULT_PRESET, flags)
@@ -144,6 +153,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         print(f"genotype: {result.genotype}")
         print(f"run folder: {result.run_dir} (genotype.json, metrics.jsonl, checkpoint.pt)")
+        from .engine.search import result_line
+
+        last = result_line(result.genotype, result.metrics.get("early_stop"))
+        if last:
+            print(last)
     return 0
 
 

@@ -94,6 +94,11 @@ class SearchConfig(ConfigBase):
     # method- and objective-specific options (validated by the method/objective)
     method_args: dict[str, Any] = field(default_factory=dict)
     objective_args: dict[str, Any] = field(default_factory=dict)
+    select: str | None = None          # a selection after the search: pt (DARTS-PT), or None
+    # dominant eigenvalue of ∇²_α L_val (RobustDARTS) every K epochs (0: off, or as the
+    # method's early stopping needs), on this many fixed validation batches
+    hessian_every: int = 0
+    hessian_batches: int = 1
     device: str = "auto"
 
     _run_neutral = frozenset({"device", "data_dir"})
@@ -113,6 +118,10 @@ class SearchConfig(ConfigBase):
             (self.class_fraction is None or 0 < self.class_fraction <= 1,
              f"class fraction must be in (0, 1], got {self.class_fraction}"),
             device_ok(self.device),
+            (self.hessian_every >= 0,
+             f"hessian every must be 0 (off) or a number of epochs, got {self.hessian_every}"),
+            (self.hessian_batches >= 1,
+             f"hessian batches must be at least 1, got {self.hessian_batches}"),
         ]
         self._check(checks)
         # names, checked before any data is loaded (lazy imports: the registries import this)
@@ -126,6 +135,11 @@ class SearchConfig(ConfigBase):
             raise unknown("search space", self.space, SPACES)
         if self.objective is not None and self.objective not in OBJECTIVES:
             raise unknown("objective", self.objective, OBJECTIVES)
+        if self.select is not None:
+            from .engine.select import SELECTIONS
+
+            if self.select not in SELECTIONS:
+                raise unknown("selection (--select)", self.select, SELECTIONS)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ exactly as the uninterrupted one would have (on CPU).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import resource
@@ -28,7 +29,9 @@ from ..errors import DiffnasError
 from ..methods import SearchMethod, get_method
 from ..methods.base import accuracy
 from ..objectives import build_objective
-from ..spaces import Genotype, Supernet, build_supernet
+from ..spaces import Genotype, Supernet, build_supernet, genotype_from_dict
+from ..spaces.nb201 import connected, none_count
+from .hessian import method_hessian_eig
 from .runfolder import RunFolder
 
 
@@ -62,20 +65,40 @@ def peak_memory_gib(device: torch.device) -> float:
 def build_search(cfg: SearchConfig, in_channels: int, image_size: int, num_classes: int,
                  steps_per_epoch: int, device: torch.device,
                  stats: tuple[Sequence[float], Sequence[float]] | None = None,
+                 stage: int = 0, spec: dict[str, Any] | None = None,
                  ) -> tuple[Supernet, Any, SearchMethod]:
     """Supernet, objective and method for ``cfg`` (shared by search and profile).
 
     ``stats``: the data's normalisation ``(mean, std)``, for objectives that work in pixel
-    space (reconstruction range, colour bins); None means pixels in [0, 1]."""
-    torch.manual_seed(cfg.seed)
+    space (reconstruction range, colour bins); None means pixels in [0, 1]. ``stage``,
+    ``spec``: a later search stage and its space description (:func:`stage_config`)."""
+    torch.manual_seed(cfg.seed + stage)
     method_cls = get_method(cfg.method)
     net = build_supernet(cfg.space, cfg.channels, cfg.layers, num_classes, in_channels,
-                         **method_cls.supernet_options(cfg)).to(device)
+                         **method_cls.supernet_options(cfg),
+                         **(spec or {}).get("supernet", {})).to(device)
     mean, std = stats if stats is not None else (None, None)
     objective = build_objective(cfg.objective or method_cls.default_objective, net, in_channels,
                                 image_size, cfg.objective_args, mean=mean, std=std).to(device)
     method = method_cls(cfg, net, objective, steps_per_epoch)
+    method.stage = stage
     return net, objective, method
+
+
+def stage_plan(cfg: SearchConfig) -> list[int]:
+    """The epochs of each search stage of ``cfg``'s method (one stage for most methods)."""
+    plan = get_method(cfg.method).stage_epochs(cfg)
+    if sum(plan) != cfg.epochs or min(plan) < 1:
+        raise DiffnasError(f"method {cfg.method!r} splits {cfg.epochs} epochs into stages "
+                           f"{plan}; every stage needs at least one epoch")
+    return plan
+
+
+def stage_config(cfg: SearchConfig, epochs: int, spec: dict[str, Any]) -> SearchConfig:
+    """The config a stage's method sees: the stage's epochs (its schedules restart), and the
+    ``layers`` / ``channels`` of the stage's space description ``spec``."""
+    return dataclasses.replace(cfg, epochs=epochs, layers=int(spec.get("layers", cfg.layers)),
+                               channels=int(spec.get("channels", cfg.channels)))
 
 
 # Extra per-epoch metrics by search space: "module:function" names, imported when first used;
@@ -162,104 +185,209 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
     evaluation = BatchStream(images, labels, val_idx, max(cfg.batch_size, 256), seed=0,
                              drop_last=False, device=device)
     steps = min(len(train), len(val))
+    # the fixed validation batches of λ_max (--hessian-every): the first of this stream's epoch 0
+    hessian_stream = BatchStream(images, labels, val_idx, cfg.batch_size, seed=cfg.seed + 2,
+                                 device=device)
     aug = BatchAugment(data.mean, data.std, crop_padding=cfg.crop_padding,
                        flip=data.flip if cfg.flip is None else cfg.flip, cutout=cfg.cutout)
-    net, objective, method = build_search(cfg, data.in_channels, data.image_size,
-                                          data.num_classes, steps, device, (data.mean, data.std))
+    plan = stage_plan(cfg)
+    first_epoch = [sum(plan[:i]) for i in range(len(plan))]
 
+    def build(stage: int, spec: dict[str, Any]) -> tuple[Supernet, Any, SearchMethod]:
+        return build_search(stage_config(cfg, plan[stage], spec), data.in_channels,
+                            data.image_size, data.num_classes, steps, device,
+                            (data.mean, data.std), stage, spec)
+
+    stages: list[dict[str, Any]] = [{}]  # the space description of every stage so far
+    net, objective, method = build(0, {})
     state, start, elapsed, history = run.begin(cfg, resume)
     if state is not None:
+        stages = [dict(s) for s in state.get("stages", [{}])]
+        if len(stages) > 1:  # a later stage: its own supernet
+            net, objective, method = build(len(stages) - 1, stages[-1])
         net.load_state_dict(state["model"])
         objective.load_state_dict(state["objective"])
         method.load_state_dict(state["method"])
     else:
         run.log(f"search: {cfg.method} in {cfg.space} on {cfg.dataset} "
                 f"({len(train_idx)} train / {len(val_idx)} val images, "
-                f"{tuple(images.shape[1:])}), {cfg.epochs} epochs × {steps} steps, device {device}")
-
+                f"{tuple(images.shape[1:])}), {cfg.epochs} epochs × {steps} steps, device {device}"
+                + (f", stages of {plan} epochs" if len(plan) > 1 else ""))
+    selection: Any = None  # the post-search phase (--select), built on the final supernet
     bar = tqdm(total=cfg.epochs * steps, initial=start * steps, disable=not progress,
                desc=f"{cfg.method}/{cfg.space}", unit="step", dynamic_ncols=True, leave=True)
     genotype = method.derive()
     record: dict[str, Any] = history[-1] if history else {}
+
+    def finish_epoch(epoch: int, t0: float, meter: _Meter, phase: dict[str, Any]) -> None:
+        nonlocal genotype, record, elapsed
+        evals = evaluate_views(net, evaluation, aug, objective.eval_views, cfg.seed)
+        eval_loss, eval_acc = evals.pop("")
+        genotype = method.derive()
+        weights = method.alpha_weights()
+        betas = net.beta_weights()  # edge normalisation (PC-DARTS), when on
+        elapsed += time.perf_counter() - t0
+        record = {
+            "epoch": epoch, "stage": len(stages) - 1, **phase,
+            "lr": method.w_opt.param_groups[0]["lr"],
+            **{f"train_{k}" if not k.startswith("val") else f"search_{k}": v
+               for k, v in meter.means().items()},
+            "val_loss": eval_loss, "val_acc": eval_acc,
+            **{f"val_{v}_{k}": x for v, (loss, acc) in evals.items()
+               for k, x in (("loss", loss), ("acc", acc))},
+            "genotype": genotype.to_dict(), "genotype_str": str(genotype),
+            "skip_count": genotype.skip_count, "param_free_count": genotype.param_free_count,
+            "none_count": none_count(genotype), "connected": connected(genotype),
+            "alpha_std": alpha_std(weights), "alpha_std_normal": alpha_std_normal(weights),
+            "alpha": {k: [[round(float(v), 5) for v in row] for row in w.cpu()]
+                      for k, w in weights.items()},
+            **({"beta": {k: [round(float(v), 5) for v in b.cpu()] for k, b in betas.items()}}
+               if betas else {}),
+            "epoch_time_s": time.perf_counter() - t0, "elapsed_s": elapsed,
+            "peak_mem_gib": peak_memory_gib(device),
+            **extra_epoch_metrics(cfg.space, genotype, run),
+            **method.epoch_metrics(),
+        }
+        ckpt_epoch = epoch
+        if not phase:  # a search epoch: λ_max (RobustDARTS), then the early-stopping parts
+            k = method.hessian_every()
+            if k and (method.epoch % k == 0 or method.epoch == method.cfg.epochs - 1):
+                record["hessian_eig"] = method_hessian_eig(method, hessian_stream, aug)
+            record.update(method.end_epoch(record))
+            if method.stopped is not None:
+                record["early_stop"] = method.stopped
+                genotype = genotype_from_dict(method.stopped["genotype"])
+            if method.rollback_to is not None:  # the state is that of this earlier epoch
+                ckpt_epoch = epoch - method.epoch + method.rollback_to
+        extra = {"select": selection.state_dict()} if "select_epoch" in phase else {}
+        run.end_epoch(cfg, ckpt_epoch, elapsed, record, model=net.state_dict(),
+                      objective=objective.state_dict(), method=method.state_dict(),
+                      stages=stages, **extra)
+        run.write_json("genotype.json", genotype.to_dict())
+        trained = (f"train loss {record['train_loss']:.4f} acc "
+                   f"{record.get('train_acc', 0):.4f} | " if "train_loss" in record
+                   else "")  # an epoch may train other modules only (CDARTS' E)
+        views = "".join(f", {v} {acc:.4f}" for v, (_, acc) in evals.items())
+        where = (f"select {cfg.select} {phase['select_epoch'] + 1}/{selection.epochs}"
+                 if "select_epoch" in phase else f"epoch {epoch + 1}/{cfg.epochs}")
+        line = (f"{where}: {trained}val loss {eval_loss:.4f} acc "
+                f"{eval_acc:.4f}{views} | skips {genotype.skip_count} | {genotype}"
+                + ("" if record["connected"] else " | disconnected (no input→output path)"))
+        run.log(line)
+        if progress:
+            bar.write(line)
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(run.path, record)
+
+    def train_epoch(epoch: int) -> _Meter:
+        gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch) + 1)
+        net.train()
+        objective.train()
+        meter = _Meter()
+        for (xt, yt), (xv, yv) in zip(train.epoch(epoch), val.epoch(epoch), strict=False):
+            bt = objective.prepare(aug(xt, gen), yt, gen)
+            bv = objective.prepare(aug(xv, gen), yv, gen)
+            stats = method.step(bt, bv)
+            bad = [k for k, v in stats.items() if not math.isfinite(v)]
+            if bad:
+                kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept in "
+                        f"{run.checkpoint}" if epoch > 0 else
+                        "no checkpoint was written yet (the first epoch did not finish)")
+                msg = (f"{', '.join(bad)} became {stats[bad[0]]} at epoch {epoch} step "
+                       f"{meter.n}; stopped: {kept}; try a smaller learning rate")
+                run.log(msg)
+                raise DiffnasError(msg)
+            meter.update(stats)
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats.get('loss', math.nan):.3f}",
+                            acc=f"{stats.get('acc', 0):.3f}",
+                            epoch=epoch)
+        return meter
+
     try:
-        for epoch in range(start, cfg.epochs):
+        epoch = start
+        while epoch < cfg.epochs and method.stopped is None:
+            stage = max(i for i, e in enumerate(first_epoch) if e <= epoch)
+            if stage == len(stages):  # stage switch: the finished method describes the next
+                stages.append(dict(method.next_stage(stage)))
+                previous = method
+                net, objective, method = build(stage, stages[stage])
+                method.carry_over(previous)
+                run.write_json("stages.json", [{"stage": i, "first_epoch": first_epoch[i],
+                                                "epochs": plan[i], "space": sp}
+                                               for i, sp in enumerate(stages)])
+                run.log(f"stage {stage + 1}/{len(plan)} from epoch {epoch + 1}: "
+                        f"{stage_summary(net)}")
             t0 = time.perf_counter()
             torch.manual_seed(epoch_seed(cfg.seed, epoch))
-            gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch) + 1)
-            method.begin_epoch(epoch)
-            net.train()
-            objective.train()
-            meter = _Meter()
-            for (xt, yt), (xv, yv) in zip(train.epoch(epoch), val.epoch(epoch), strict=False):
-                bt = objective.prepare(aug(xt, gen), yt, gen)
-                bv = objective.prepare(aug(xv, gen), yv, gen)
-                stats = method.step(bt, bv)
-                bad = [k for k, v in stats.items() if not math.isfinite(v)]
-                if bad:
-                    kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept in "
-                            f"{run.checkpoint}" if epoch > 0 else
-                            "no checkpoint was written yet (the first epoch did not finish)")
-                    msg = (f"{', '.join(bad)} became {stats[bad[0]]} at epoch {epoch} step "
-                           f"{meter.n}; stopped: {kept}; try a smaller learning rate")
-                    run.log(msg)
-                    raise DiffnasError(msg)
-                meter.update(stats)
-                bar.update(1)
-                bar.set_postfix(loss=f"{stats.get('loss', math.nan):.3f}",
-                                acc=f"{stats.get('acc', 0):.3f}",
-                                epoch=epoch)
-            evals = evaluate_views(net, evaluation, aug, objective.eval_views, cfg.seed)
-            eval_loss, eval_acc = evals.pop("")
-            genotype = method.derive()
-            weights = method.alpha_weights()
-            betas = net.beta_weights()  # edge normalisation (PC-DARTS), when on
-            elapsed += time.perf_counter() - t0
-            record = {
-                "epoch": epoch, "lr": method.w_opt.param_groups[0]["lr"],
-                **{f"train_{k}" if not k.startswith("val") else f"search_{k}": v
-                   for k, v in meter.means().items()},
-                "val_loss": eval_loss, "val_acc": eval_acc,
-                **{f"val_{v}_{k}": x for v, (loss, acc) in evals.items()
-                   for k, x in (("loss", loss), ("acc", acc))},
-                "genotype": genotype.to_dict(), "genotype_str": str(genotype),
-                "skip_count": genotype.skip_count, "param_free_count": genotype.param_free_count,
-                "alpha_std": alpha_std(weights), "alpha_std_normal": alpha_std_normal(weights),
-                "alpha": {k: [[round(float(v), 5) for v in row] for row in w.cpu()]
-                          for k, w in weights.items()},
-                **({"beta": {k: [round(float(v), 5) for v in b.cpu()] for k, b in betas.items()}}
-                   if betas else {}),
-                "epoch_time_s": time.perf_counter() - t0, "elapsed_s": elapsed,
-                "peak_mem_gib": peak_memory_gib(device),
-                **extra_epoch_metrics(cfg.space, genotype, run),
-                **method.epoch_metrics(),
-            }
-            run.end_epoch(cfg, epoch, elapsed, record, model=net.state_dict(),
-                          objective=objective.state_dict(), method=method.state_dict())
-            run.write_json("genotype.json", genotype.to_dict())
-            trained = (f"train loss {record['train_loss']:.4f} acc "
-                       f"{record.get('train_acc', 0):.4f} | " if "train_loss" in record
-                       else "")  # an epoch may train other modules only (CDARTS' E)
-            views = "".join(f", {v} {acc:.4f}" for v, (_, acc) in evals.items())
-            line = (f"epoch {epoch + 1}/{cfg.epochs}: {trained}val loss {eval_loss:.4f} acc "
-                    f"{eval_acc:.4f}{views} | skips {genotype.skip_count} | {genotype}")
-            run.log(line)
-            if progress:
-                bar.write(line)
-            history.append(record)
-            if on_epoch is not None:
-                on_epoch(run.path, record)
+            method.begin_epoch(epoch - first_epoch[stage])
+            finish_epoch(epoch, t0, train_epoch(epoch), {})
+            epoch += 1
+            if method.rollback_to is not None:  # an early-stopping part restored an earlier epoch
+                epoch += method.rollback_to - method.epoch
+                method.rollback_to = None
+        if cfg.select is not None:  # a post-search phase, epochs numbered after the search's
+            from .select import build_selection
+
+            selection = build_selection(cfg.select, method, evaluation, aug)
+            bar.total += selection.epochs * steps
+            if state is not None and "select" in state:
+                selection.load_state_dict(state["select"])
+            else:
+                selection.begin()
+            for k in range(max(0, start - cfg.epochs), selection.epochs):
+                epoch = cfg.epochs + k
+                t0 = time.perf_counter()
+                torch.manual_seed(epoch_seed(cfg.seed, epoch))
+                info = selection.run_epoch(k, lambda ep=epoch: train_epoch(ep).means())
+                meter = _Meter()
+                meter.update(info.pop("train", {}))
+                finish_epoch(epoch, t0, meter, {"phase": f"select-{cfg.select}",
+                                                "select_epoch": k, **info})
     finally:
         bar.close()
+    if method.stopped is not None:
+        genotype = genotype_from_dict(method.stopped["genotype"])
+    last = result_line(genotype, method.stopped)
+    if last:
+        run.log(last)
+        if progress:
+            print(last)
     summary = {"genotype": genotype.to_dict(), "genotype_str": str(genotype),
                "epochs": cfg.epochs, "final_val_acc": record.get("val_acc"),
                "final_val_loss": record.get("val_loss"),
                **{f"final_{k}": v for k, v in record.items() if k.startswith("val_")
                   and k not in ("val_acc", "val_loss")},  # the objective's views (masked)
                **method.epoch_metrics(), "search_time_s": elapsed,
+               **({"stages": len(plan)} if len(plan) > 1 else {}),
+               **({"select": cfg.select} if cfg.select else {}),
+               "none_count": none_count(genotype), "connected": connected(genotype),
+               **({"early_stop": method.stopped} if method.stopped is not None else {}),
                "peak_mem_gib": peak_memory_gib(device), "run_dir": str(run.path)}
     run.write_json("genotype.json", genotype.to_dict())
     run.write_json("result.json", summary)
     return SearchResult(genotype, run.path, record, history)
+
+
+def result_line(genotype: Genotype, stopped: dict[str, Any] | None) -> str:
+    """The search's last log line when the result needs a word: stopped early (and at which
+    epoch's genotype), or a cell with no input→output path (``none`` on every path)."""
+    notes = [stopped["reason"]] if stopped is not None else []
+    if not connected(genotype):
+        notes.append(f"the result has {none_count(genotype)} none edges and no input→output "
+                     "path: a network built from it outputs the same logits for every image")
+    return f"result {genotype}: " + "; ".join(notes) if notes else ""
+
+
+def stage_summary(net: Supernet) -> str:
+    """``11 cells × 16 channels, ops per edge 5`` (for the log)."""
+    size = f"{getattr(net, 'layers', '?')} cells × {getattr(net, 'channels', '?')} channels"
+    kept = getattr(net, "edge_ops", None)
+    if kept is None:
+        return f"{size}, all {len(net.op_names)} ops per edge"
+    counts = sorted({len(ops) for v in kept.values() for ops in v})
+    return f"{size}, ops per edge {'/'.join(map(str, counts))}"
 
 
 ViewFn = Callable[[torch.Tensor, torch.Generator], dict[str, torch.Tensor]]

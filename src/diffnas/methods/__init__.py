@@ -5,7 +5,7 @@ added to :data:`METHODS`: usually just its ``parts``, ``part_options`` and prese
 from __future__ import annotations
 
 from ..errors import unknown
-from . import perturb, regularisers  # noqa: F401  (register the parts)
+from . import dartsplus, perturb, regularisers  # noqa: F401  (register the parts)
 from .base import SearchMethod
 from .betadarts import BetaDARTS
 from .cdarts import CDARTS
@@ -15,6 +15,8 @@ from .drnas import DrNAS
 from .fairdarts import FairDARTS
 from .gdas import GDAS
 from .pcdarts import PCDARTS
+from .pdarts import PDARTS
+from .robustdarts import DARTSADA, DARTSES
 from .sdarts import SDARTSADV, SDARTSRS
 from .semantic import SemanticDARTS
 from .snas import SNAS
@@ -23,9 +25,14 @@ from .stc import STC
 METHODS: dict[str, type[SearchMethod]] = {m.name: m for m in (DARTS, SemanticDARTS, STC, CDARTS,
                                                          PCDARTS, BetaDARTS, DARTSMinus,
                                                          SDARTSRS, SDARTSADV, GDAS, SNAS,
-                                                         FairDARTS, DrNAS)}
+                                                         FairDARTS, DrNAS, PDARTS, DARTSES,
+                                                         DARTSADA)}
 
 __all__ = ["METHODS", "SearchMethod", "get_method"]
+
+from ..engine.select import register_pt_presets  # noqa: E402  (needs the methods above)
+
+register_pt_presets()
 
 
 def get_method(name: str) -> type[SearchMethod]:

@@ -55,6 +55,10 @@ GENERIC_OPTIONS: dict[str, Any] = {
     "drop_none": False,        # build the supernet without the `none` op (FairDARTS)
     "partial_channels": 1,     # ops on C/K channels of each edge, K > 1 (PC-DARTS Eq. 2)
     "edge_norm": False,        # β per edge, softmaxed per node (PC-DARTS Eq. 3)
+    "arch_grad_clip": 0.0,     # clip ‖∇α‖ to this (0 = off; P-DARTS clips at 5)
+    "fix_alpha": False,        # α is never updated: uniform α (DARTS-PT's "fix α" supernet)
+    "proj_intv": 5,            # --select pt: fine-tuning epochs between decisions (DARTS-PT)
+    "pt_crit": "acc",          # --select pt: rank ops/edges by val accuracy (acc) or loss
 }
 
 
@@ -77,6 +81,9 @@ class SearchMethod(EdgePolicy):
     weighting: Weighting = Softmax(None, {})
     edges: EdgeComputation = AllOps(None, {})
     regularisers: tuple[Part, ...] | list[Part] = ()
+
+    #: the search stage this instance trains (set by the loop; see :meth:`stage_epochs`)
+    stage: int = 0
 
     def __init__(self, cfg: SearchConfig, supernet: Supernet, objective: Objective,
                  steps_per_epoch: int) -> None:
@@ -114,8 +121,13 @@ class SearchMethod(EdgePolicy):
         self.edges: EdgeComputation = chosen["edges"][0](self, self.opts)  # type: ignore[assignment]
         self.derivation: Derivation = chosen["derivation"][0](self, self.opts)  # type: ignore[assignment]
         self.regularisers: list[Part] = [p(self, self.opts) for p in chosen["regularisers"]]
+        self.early_stop: list[Part] = [p(self, self.opts) for p in chosen["early_stop"]]
         self.all_parts: list[Part] = [self.weighting, self.edges, self.derivation,
-                                      *self.regularisers]
+                                      *self.regularisers, *self.early_stop]
+        #: set by :meth:`stop_early`: the stop's ``epoch``, ``genotype`` (dict), ``reason``
+        self.stopped: dict[str, Any] | None = None
+        #: set by :meth:`roll_back`: the epoch whose end state the search continues from
+        self.rollback_to: int | None = None
 
     # -- options and parts -----------------------------------------------------------------------
     @classmethod
@@ -163,6 +175,26 @@ class SearchMethod(EdgePolicy):
                 out.update(p.supernet_options(opts))
         return out
 
+    # -- stages (a generic phase of the loop) -----------------------------------------------------
+    @classmethod
+    def stage_epochs(cls, cfg: SearchConfig) -> list[int]:
+        """Epochs of each search stage (summing to ``cfg.epochs``); one stage by default.
+
+        Between stages the loop asks the finishing stage's method for the next stage's space
+        (:meth:`next_stage`), builds a new supernet, objective and method from it (whose
+        ``cfg.epochs`` is the stage's epochs, so schedules restart), sets its ``stage`` and
+        calls :meth:`carry_over` on it with the finished method."""
+        return [cfg.epochs]
+
+    def next_stage(self, stage: int) -> dict[str, Any]:
+        """The space description of stage ``stage`` (JSON-able): ``layers`` and ``channels`` of
+        the supernet, ``supernet``: extra ``build_supernet`` options (e.g. ``edge_ops``)."""
+        raise DiffnasError(f"method {self.name!r} declares stages but no next_stage")
+
+    def carry_over(self, previous: SearchMethod) -> None:
+        """Take what this method keeps across a stage switch from ``previous`` (nothing by
+        default: P-DARTS trains every stage's supernet from scratch)."""
+
     # -- schedules -------------------------------------------------------------------------------
     @property
     def progress(self) -> float:
@@ -194,6 +226,7 @@ class SearchMethod(EdgePolicy):
     def edge_policy(self, supernet: Supernet, kind: str) -> EdgeWeights:
         alpha = supernet.alphas[kind]
         w = self.sample_weights(alpha) if supernet.training else self.edge_weights(alpha)
+        w = kept_ops(w, supernet.op_mask(kind))
         for part in self.regularisers:
             w = part.adjust_weights(kind, part.restrict(kind, w))
         return self.edges.policy(supernet, kind, w)
@@ -211,8 +244,8 @@ class SearchMethod(EdgePolicy):
 
     # -- one step ---------------------------------------------------------------------------------
     def arch_frozen(self) -> bool:
-        """True while α is not updated (``arch_warmup_epochs``)."""
-        return self.epoch < int(self.opts["arch_warmup_epochs"])
+        """True while α is not updated (``arch_warmup_epochs``; always with ``fix_alpha``)."""
+        return bool(self.opts["fix_alpha"]) or self.epoch < int(self.opts["arch_warmup_epochs"])
 
     def step(self, train: Batch, val: Batch) -> dict[str, float]:
         """One search step: α on a val batch, then w on a train batch (DARTS Alg. 1); w first
@@ -254,6 +287,8 @@ class SearchMethod(EdgePolicy):
                 out = self.arch_loss(val)
                 grads = grads_of(out.loss, self.a_params)
         set_grads(self.a_params, grads)
+        if self.opts["arch_grad_clip"] > 0:
+            nn.utils.clip_grad_norm_(self.a_params, float(self.opts["arch_grad_clip"]))
         self.a_opt.step()
         for part in self.all_parts:
             part.after_arch_step()
@@ -324,7 +359,7 @@ class SearchMethod(EdgePolicy):
         ops a pruning part keeps)."""
         out = {}
         for kind, a in self.net.alphas.items():
-            w = self.edge_weights(a.detach())
+            w = kept_ops(self.edge_weights(a.detach()), self.net.op_mask(kind))
             for part in self.regularisers:
                 w = part.restrict(kind, w)
             out[kind] = w
@@ -333,6 +368,34 @@ class SearchMethod(EdgePolicy):
     def derive(self) -> Genotype:
         """The derivation part's genotype (DARTS: the space's argmax rule)."""
         return self.derivation.derive()
+
+    # -- early stopping and rollback (slot ``early_stop``) -----------------------------------------
+    def hessian_every(self) -> int:
+        """Epochs between evaluations of ``hessian_eig`` (0: never): ``--hessian-every``, else
+        what the early-stopping parts need."""
+        return self.cfg.hessian_every or max((p.hessian_every() for p in self.early_stop),
+                                             default=0)
+
+    def end_epoch(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Called by the loop after every epoch (``self.epoch``) with its metrics record;
+        returns the early-stopping parts' entries for it. Afterwards :attr:`stopped` says the
+        search stops (with that genotype) and :attr:`rollback_to` that it continues after
+        that earlier epoch (the parts have restored the state)."""
+        out: dict[str, Any] = {}
+        for part in self.early_stop:
+            if self.stopped is None:
+                out.update(part.end_epoch({**record, **out}))
+        return out
+
+    def stop_early(self, epoch: int, genotype: Genotype | dict[str, Any], reason: str) -> None:
+        """Stop the search after this epoch; its result is ``genotype`` (that of ``epoch``)."""
+        g = genotype if isinstance(genotype, dict) else genotype.to_dict()
+        self.stopped = {"epoch": int(epoch), "at_epoch": self.epoch, "genotype": g,
+                        "reason": reason}
+
+    def roll_back(self, epoch: int) -> None:
+        """Continue the search after ``epoch`` (the caller has restored that epoch's state)."""
+        self.rollback_to = int(epoch)
 
     def epoch_metrics(self) -> dict[str, Any]:
         """Extra JSON entries for each epoch's metrics record and, from the end of the search,
@@ -346,11 +409,14 @@ class SearchMethod(EdgePolicy):
         parts = {k: v for k, v in parts.items() if v}
         if parts:
             state["parts"] = parts
+        if self.stopped is not None:
+            state["stopped"] = self.stopped
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.w_opt.load_state_dict(state["w_opt"])
         self.a_opt.load_state_dict(state["a_opt"])
+        self.stopped = state.get("stopped")
         saved = state.get("parts", {})
         for p in self.all_parts:
             if f"{p.slot}={p.name}" in saved:
@@ -358,6 +424,15 @@ class SearchMethod(EdgePolicy):
 
 
 # ---------------------------------------------------------------------------------------- helpers
+def kept_ops(weights: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``weights`` renormalised over each edge's kept ops (``mask``; unchanged when None): for a
+    softmax, the softmax over the kept ops' α, as P-DARTS' smaller supernets compute it."""
+    if mask is None:
+        return weights
+    w = weights * mask.to(weights.device)
+    return w / w.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+
+
 def add_terms(out: LossOutput, terms: list[dict[str, torch.Tensor]]) -> LossOutput:
     """``out`` with the (already scaled) ``terms`` added to its loss and logged by name."""
     extra = {k: v for t in terms for k, v in t.items()}

@@ -15,12 +15,14 @@ OPTIMISER_FIELDS = ("w_lr", "w_lr_min", "w_momentum", "w_weight_decay", "grad_cl
 
 def register_method_presets(method: str, *, darts: tuple[str, dict[str, Any]],
                             nb201: tuple[str, dict[str, Any]],
-                            cpu: tuple[str, dict[str, Any]] | None = None) -> None:
+                            cpu: tuple[str, dict[str, Any]] | None = None,
+                            nb201_cpu: tuple[str, dict[str, Any]] | None = None) -> None:
     """``<method>-cifar10``, ``<method>-nb201-cifar10``, ``<method>-cpu``, ``<method>-nb201-cpu``.
 
     ``darts`` / ``nb201``: (description with its source, preset values) of the paper settings;
     the CPU presets take the ``cpu`` / ``nb201-cpu`` preset with the paper's optimiser fields;
-    ``cpu``: (a note for the description, values) changed in ``<method>-cpu`` on top of that."""
+    ``cpu``: (a note for the description, values) changed in ``<method>-cpu`` on top of that;
+    ``nb201_cpu`` the same for ``<method>-nb201-cpu``."""
     common = {"method": method, "dataset": "cifar10", "crop_padding": 4, "flip": True}
     register_preset(f"{method}-cifar10", darts[0], **{**common, "space": "darts", **darts[1]})
     register_preset(f"{method}-nb201-cifar10", nb201[0],
@@ -28,7 +30,8 @@ def register_method_presets(method: str, *, darts: tuple[str, dict[str, Any]],
     for base, paper_name, (_, paper) in (("cpu", "cifar10", darts),
                                          ("nb201-cpu", "nb201-cifar10", nb201)):
         kept = {k: v for k, v in paper.items() if k in OPTIMISER_FIELDS}
-        note, extra = cpu if cpu is not None and base == "cpu" else ("", {})
+        own = cpu if base == "cpu" else nb201_cpu
+        note, extra = own if own is not None else ("", {})
         register_preset(f"{method}-{base}",
                         f"{method} on CPU: the {base} preset (data, network, epochs) with the "
                         f"optimiser settings and options of {method}-{paper_name}{note}",

@@ -24,15 +24,19 @@ def build_supernet(space: str, channels: int, layers: int, num_classes: int,
                    in_channels: int, **options: Any) -> Supernet:
     """The search supernet of ``space``; ``options`` are construction options every space takes
     (``partial_channels``, ``edge_norm``: see :mod:`diffnas.spaces.base`; ``aux_skip``: DARTS-'
-    auxiliary skip on every edge, :meth:`Supernet.add_aux_skip`), usually a method's
+    auxiliary skip on every edge, :meth:`Supernet.add_aux_skip`; ``edge_ops``: the kept ops
+    of every edge, :meth:`Supernet.keep_ops`), usually a method's
     :meth:`~diffnas.methods.base.SearchMethod.supernet_options`."""
     if space not in SPACES:
         raise unknown("search space", space, SPACES)
     aux_skip = bool(options.pop("aux_skip", False))
+    edge_ops = options.pop("edge_ops", None)
     net = SPACES[space](channels=channels, layers=layers, num_classes=num_classes,
                         in_channels=in_channels, **options)
     if aux_skip:
         net.add_aux_skip()
+    if edge_ops is not None:  # a stage with fewer candidate ops per edge (P-DARTS)
+        net.keep_ops(edge_ops)
     return net
 
 

@@ -89,6 +89,16 @@ class MixedEdge(nn.Module):
         self._factory, self.c, self.affine = factory, c, affine
         self.aux: nn.Module | None = None  # DARTS-' auxiliary skip (add_aux_skip)
         self.aux_scale = 1.0
+        #: dropout on the stride-1 skip_connect's output in training (P-DARTS §3.3)
+        self.skip_dropout = 0.0
+
+    def drop_ops(self, keep: Sequence[int]) -> None:
+        """Keep only the ops with index in ``keep``; the others become parameter-free ``none``
+        placeholders (a supernet stage with fewer candidate ops, P-DARTS)."""
+        for i in range(len(self.op_names)):
+            if i not in keep:
+                self.ops[i] = self._factory("none", self.c // self.partial_channels,
+                                            self.stride, self.affine)
 
     def add_aux_skip(self) -> None:
         """Add DARTS-' auxiliary skip: the space's ``skip_connect`` on the edge's full input."""
@@ -108,6 +118,9 @@ class MixedEdge(nn.Module):
             else:
                 inp = x
             y = op.body(inp, weights[i]) if op.scalable else weights[i] * op.body(inp)
+            if (self.skip_dropout > 0 and self.training and self.stride == 1
+                    and self.op_names[i] == "skip_connect"):
+                y = F.dropout(y, self.skip_dropout, training=True)
             out = y if out is None else out.add_(y)
         return out
 
@@ -252,9 +265,50 @@ class Supernet(nn.Module):
             edge.aux_scale = float(scale)
 
     def useful_ops(self, kind: str) -> list[tuple[int, ...]]:
-        """Per edge, every op index except ``none`` (what a full mixed edge computes)."""
+        """Per edge, every op index except ``none`` (what a full mixed edge computes), among
+        the edge's kept ops when :meth:`keep_ops` restricted them."""
         keep = tuple(i for i, n in enumerate(self.op_names) if n != "none")
-        return [keep] * len(self.edge_index[kind])
+        kept = getattr(self, "edge_ops", None)
+        if kept is None:
+            return [keep] * len(self.edge_index[kind])
+        return [tuple(i for i in keep if i in ops) for ops in kept[kind]]
+
+    def keep_ops(self, edge_ops: dict[str, Sequence[Sequence[int]]]) -> None:
+        """Restrict every edge to some candidate ops: ``edge_ops[kind][e]`` lists the op
+        indices edge ``e`` of cells of ``kind`` keeps (P-DARTS' search space approximation).
+        The other ops are not built; :meth:`op_mask` tells the method which weights to zero."""
+        if set(edge_ops) != set(self.kinds) or any(
+                len(edge_ops[k]) != len(self.edge_index[k]) for k in self.kinds):
+            raise DiffnasError(f"edge_ops must list the kept ops of every edge of the cell kinds "
+                               f"{', '.join(self.kinds)}")
+        self.edge_ops = {k: [tuple(int(i) for i in ops) for ops in v] for k, v in edge_ops.items()}
+        for kind, cell in self.search_cells():
+            for edge, ops in zip(cell.edges, self.edge_ops[kind], strict=True):
+                edge.drop_ops(ops)
+        self._channels_last()
+
+    def search_cells(self) -> list[tuple[str, nn.Module]]:
+        """``(kind, cell)`` of every cell with mixed edges (``cell.edges`` in α's edge order)."""
+        other = [k for k in self.kinds if k != "reduce"][0]
+        return [("reduce" if getattr(m, "reduction", False) and "reduce" in self.kinds
+                 else other, m) for m in self.modules()
+                if isinstance(getattr(m, "edges", None), nn.ModuleList)
+                and all(isinstance(e, MixedEdge) for e in m.edges)]
+
+    def op_mask(self, kind: str) -> torch.Tensor | None:
+        """``[edges, ops]`` True where an edge keeps the op (None: every edge keeps all)."""
+        kept = getattr(self, "edge_ops", None)
+        if kept is None:
+            return None
+        mask = torch.zeros(len(kept[kind]), len(self.op_names), dtype=torch.bool)
+        for e, ops in enumerate(kept[kind]):
+            mask[e, list(ops)] = True
+        return mask
+
+    def set_skip_dropout(self, p: float) -> None:
+        """Dropout rate on every stride-1 ``skip_connect`` in training (P-DARTS)."""
+        for edge in self.mixed_edges():
+            edge.skip_dropout = float(p)
 
     def edge_weights(self) -> dict[str, EdgeWeights]:
         """The policy's :class:`EdgeWeights` per kind; with edge normalisation each edge's op
