@@ -39,7 +39,7 @@ def register(sub: Any) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--schedule", choices=("cosine", "exponential", "linear"))
+    p.add_argument("--schedule", choices=("cosine", "exponential", "linear", "onecycle"))
     p.add_argument("--warmup-epochs", type=int)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--label-smoothing", type=float)

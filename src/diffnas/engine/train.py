@@ -12,8 +12,8 @@ than 10 classes also top-5, ``test_top5`` (final) and ``best_test_top5`` (the be
 epochs, tracked apart from top-1 as Semantic-DARTS' and PC-DARTS' ImageNet scripts do)).
 Every epoch re-seeds its randomness from
 ``(seed, epoch)`` and the checkpoint holds the rest, so ``resume=True`` continues exactly as the
-uninterrupted run would have (on CPU). On CUDA it trains with mixed precision (bf16 where
-supported, else fp16 with loss scaling) in channels-last layout.
+uninterrupted run would have (on CPU). It trains in channels-last layout; on CUDA with mixed
+precision (bf16 where supported, else fp16 with loss scaling).
 
 Recipes (``TRAIN_PRESETS``), from the papers' reference code:
 
@@ -39,7 +39,9 @@ Recipes (``TRAIN_PRESETS``), from the papers' reference code:
   batch 1024 (synchronised BN), lr 0.5 cosine with a 5-epoch warm-up (``retrain.py`` warms up
   when the total batch exceeds 256), wd 3e-5, label smoothing 0.1, auxiliary 0.4, no
   drop-path, clipping 5; 48 × 14 cells. (The search preset of the same name is the search.)
-* ``cpu`` — Fashion-MNIST in minutes on 2 CPU cores (a small network, few epochs).
+* ``cpu`` — Fashion-MNIST in minutes on 2 CPU cores (the main job's retrain): a small network
+  (8 × 5 cells) on all 60,000 images for 2 epochs, one-cycle lr and label smoothing (the
+  schedule for a budget of a few passes), no regularisers meant for 600-epoch runs.
 
 Every ImageNet recipe above applies ``ColorJitter(0.4, 0.4, 0.4, 0.2)`` after the crop and flip,
 as all five reference scripts do (``color_jitter``, batched: :mod:`diffnas.data.augment`).
@@ -86,7 +88,10 @@ from ..spaces import parse_genotype
 from .runfolder import RunFolder
 from .search import epoch_seed, peak_memory_gib, resolve_device
 
-SCHEDULES = ("cosine", "exponential", "linear")
+SCHEDULES = ("cosine", "exponential", "linear", "onecycle")
+#: one-cycle (Smith & Topin 2019; torch OneCycleLR defaults): share of the steps rising from
+#: lr/25 to lr, then cosine to lr/(25·1e4), both halves cosine-shaped, stepped per batch
+ONECYCLE_PCT, ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 0.3, 25.0, 1e4
 NETWORKS = ("auto", "cifar", "imagenet")
 
 
@@ -126,7 +131,7 @@ class TrainConfig(ConfigBase):
     seed: int = 0
     device: str = "auto"
     amp: bool = True                    # mixed precision (CUDA only)
-    channels_last: bool = True          # channels-last layout (CUDA only, see Trainer)
+    channels_last: bool = True          # channels-last layout (see Trainer)
     workers: int = 8                    # decoding threads for imagenet: folders
 
     _label = "train config"
@@ -228,12 +233,14 @@ register_train_preset(
     crop_padding=0, flip=True, color_jitter=IMAGENET_JITTER)
 register_train_preset(
     "cpu",
-    "Fashion-MNIST on 2 CPU cores in about 2 minutes: 8×5 cells, 4,000 training images, "
-    "3 epochs, batch 64, lr 0.05 cosine, cutout 8, drop-path 0.1, auxiliary 0.4; tested once, "
+    "Fashion-MNIST on 2 CPU cores in about 6 minutes: 8×5 cells, all 60,000 training "
+    "images, 2 epochs, batch 128, one-cycle lr (peak 0.2, per batch), label smoothing 0.1, "
+    "no cutout, drop-path or auxiliary head (too short a run to need them); tested once, "
     "after the last epoch, on the 10,000 test images",
-    dataset="fashion-mnist", subset=4_000, network="cifar", channels=8, layers=5, epochs=3,
-    batch_size=64, lr=0.05, schedule="cosine", weight_decay=3e-4, cutout=8, drop_path=0.1,
-    auxiliary_weight=0.4, crop_padding=2, flip=True, eval_every=3, eval_batch_size=500)
+    dataset="fashion-mnist", network="cifar", channels=8, layers=5, epochs=2,
+    batch_size=128, lr=0.2, schedule="onecycle", weight_decay=3e-4, label_smoothing=0.1,
+    cutout=0, drop_path=0.0, auxiliary_weight=0.0, crop_padding=2, flip=True, eval_every=2,
+    eval_batch_size=500)
 register_train_preset(
     "tiny",
     "Seconds-long smoke test on scikit-learn digits: 4×3 cells, 2 epochs",
@@ -255,9 +262,20 @@ def resolve_train_config(preset: str | None = None, **overrides: Any) -> TrainCo
 
 
 # ----------------------------------------------------------------------------------- schedule
-def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """The learning rate of ``epoch`` (stepped per epoch, as the DARTS-family code does)."""
+def lr_at(cfg: TrainConfig, epoch: int, step: int = 0, steps: int = 1) -> float:
+    """The learning rate of ``epoch`` (stepped per epoch, as the DARTS-family code does); the
+    ``onecycle`` schedule is stepped per batch: ``step`` of the epoch's ``steps``."""
     e, n = epoch, cfg.epochs
+    if cfg.schedule == "onecycle":  # torch.optim.lr_scheduler.OneCycleLR, anneal "cos"
+        i, total = e * steps + step, n * steps
+        lo, hi = cfg.lr / ONECYCLE_DIV, cfg.lr
+        rise_end = float(ONECYCLE_PCT * total) - 1
+        if i <= rise_end:
+            a, b, u = lo, hi, i / rise_end
+        else:
+            a, b = hi, lo / ONECYCLE_FINAL_DIV
+            u = (i - rise_end) / max(total - 1 - rise_end, 1e-12)
+        return b + (a - b) * 0.5 * (1 + math.cos(math.pi * u))
     if cfg.schedule == "cosine":  # CosineAnnealingLR(T_max=epochs), eta_min = lr_min
         lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * e / n))
     elif cfg.schedule == "exponential":  # StepLR(step=1, gamma)
@@ -288,18 +306,22 @@ class Trainer:
                               else torch.float16)
         self.scaler = (torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16
                        else None)
-        # channels-last on CUDA only: on CPU it is ~1.3× faster per step (BENCHMARKS.md), but
-        # torch 2.13's CPU backward of a stride-2 1×1 convolution in that layout corrupts the
-        # heap for some shapes with one thread (FactorizedReduce: batch 4, 4 channels, 8×8)
-        self.memory_format = (torch.channels_last if cuda and cfg.channels_last
+        # channels-last on CPU too (~1.5× fewer CPU-seconds per step, BENCHMARKS.md): the ops
+        # avoid torch 2.13's corrupting CPU backward of a stride-2 1×1 conv in that layout
+        # (FactorizedReduce subsamples first) and keep gradients channels-last (ops.subsample)
+        self.memory_format = (torch.channels_last if cfg.channels_last
                               else torch.contiguous_format)
         net.to(memory_format=self.memory_format)
 
     def begin_epoch(self, epoch: int) -> float:
-        lr = lr_at(self.cfg, epoch)
+        lr = self.set_lr(epoch)
+        self.net.drop_path_prob = self.cfg.drop_path * epoch / self.cfg.epochs  # DARTS ramp
+        return lr
+
+    def set_lr(self, epoch: int, step: int = 0, steps: int = 1) -> float:
+        lr = lr_at(self.cfg, epoch, step, steps)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        self.net.drop_path_prob = self.cfg.drop_path * epoch / self.cfg.epochs  # DARTS ramp
         return lr
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -550,6 +572,8 @@ def train(cfg: TrainConfig | None = None, *, out: str | Path | None = None, resu
             lr = trainer.begin_epoch(epoch)
             loss_sum, acc_sum, n_img, n_steps = 0.0, 0.0, 0, 0
             for x, y in data.train.epoch(epoch):
+                if cfg.schedule == "onecycle":
+                    trainer.set_lr(epoch, n_steps, steps)
                 loss, acc = trainer.step(data.aug(x, gen), y)
                 if not math.isfinite(loss):
                     raise DiffnasError(f"training loss became {loss} at epoch {epoch} step "

@@ -9,6 +9,8 @@ applies the ReLU itself, so an operation used alone behaves as in the papers.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -116,7 +118,8 @@ class DilConv(Op):
             return self.dw(xr)
         d, k = self.dw.dilation[0], self.dw.kernel_size[0]
         if self.dw.stride[0] == d:  # only the grid of multiples of d is ever read
-            return F.conv2d(xr[:, :, ::d, ::d], self.dw.weight, None, 1, k // 2, 1, self.dw.groups)
+            return F.conv2d(subsample(xr, (0,), d)[0], self.dw.weight, None, 1, k // 2, 1,
+                            self.dw.groups)
         h, w = xr.shape[-2:]
         y = F.conv2d(to_phases(xr, d), self.dw.weight, None, 1, k // 2, 1, self.dw.groups)
         return from_phases(y, d, h, w)
@@ -159,24 +162,55 @@ class FactorizedReduce(Op):
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def body(self, xr: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        # A stride-2 1×1 conv is a stride-1 one on the even grid. Slicing first is also a
+        # A stride-2 1×1 conv is a stride-1 one on the even grid. Subsampling first is also a
         # workaround: torch 2.13's CPU backward of a stride-2 1×1 conv in channels-last
         # layout corrupts memory when run on one thread.
-        a = self.conv_1(_grid(xr, 0))
         if min(xr.shape[-2:]) < 2:  # the offset grid is all padding
+            a = self.conv_1(subsample(xr, (0,))[0])
             return scaled_bn(self.bn, torch.cat([a, torch.zeros_like(a)], dim=1), scale)
-        b = self.conv_2(_grid(xr, 1))
+        g0, g1 = subsample(xr, (0, 1))
+        a, b = self.conv_1(g0), self.conv_2(g1)
         dh, dw = a.shape[-2] - b.shape[-2], a.shape[-1] - b.shape[-1]
         if dh or dw:
             b = F.pad(b, (0, dw, 0, dh))
         return scaled_bn(self.bn, torch.cat([a, b], dim=1), scale)
 
 
-def _grid(x: torch.Tensor, offset: int) -> torch.Tensor:
-    """Every second row and column from ``offset``, in ``x``'s memory layout."""
-    fmt = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
-           and not x.is_contiguous() else torch.contiguous_format)
-    return x[:, :, offset::2, offset::2].contiguous(memory_format=fmt)
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+            and not x.is_contiguous() else torch.contiguous_format)
+
+
+class _Subsample(torch.autograd.Function):
+    """The grids ``x[:, :, o::step, o::step]`` for each offset ``o``, as dense tensors in
+    ``x``'s memory layout, with a backward that keeps that layout: autograd's own slice
+    backward scatters into a *contiguous* zero tensor, and a contiguous gradient meeting a
+    channels-last ReLU output sends ``threshold_backward`` to a strided path ~30× slower
+    (torch 2.13 CPU). One zero tensor takes the gradients of all grids."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, offsets: tuple[int, ...], step: int
+                ) -> tuple[torch.Tensor, ...]:
+        fmt = _layout(x)
+        ctx.shape, ctx.fmt, ctx.offsets, ctx.step = x.shape, fmt, offsets, step
+        ctx.dtype, ctx.device = x.dtype, x.device
+        return tuple(x[:, :, o::step, o::step].contiguous(memory_format=fmt) for o in offsets)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        gx = torch.zeros(ctx.shape, dtype=ctx.dtype, device=ctx.device).contiguous(
+            memory_format=ctx.fmt)
+        s = ctx.step
+        for o, g in zip(ctx.offsets, grads, strict=True):
+            if g is not None:
+                gx[:, :, o::s, o::s] += g
+        return gx, None, None
+
+
+def subsample(x: torch.Tensor, offsets: tuple[int, ...], step: int = 2
+              ) -> tuple[torch.Tensor, ...]:
+    """Every ``step``-th row and column of ``x`` from each offset (see :class:`_Subsample`)."""
+    return _Subsample.apply(x, offsets, step)
 
 
 class Pool(Op):
