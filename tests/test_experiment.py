@@ -243,20 +243,23 @@ def test_jobs_run_in_parallel_processes_with_the_same_results(tmp_path):
 
 
 def test_published_column_beside_the_table_accuracy():
-    rows = [_row("darts", 0, table_acc=80.0), _row("cdarts", 0, table_acc=90.0),
-            _row("darts_order2", 0, table_acc=70.0)]
-    md = markdown_table(aggregate(rows))
+    rows = [_row("cdarts", 0, table_acc=90.0), _row("darts", 0, table_acc=80.0),
+            _row("darts_order2", 0, table_acc=70.0), _row("stc", 0, status="failed")]
+    summary = aggregate(rows)
+    md = markdown_table(summary)
     head = next(line for line in md.splitlines() if line.startswith("| Method"))
     assert "| NB201 table acc (%) | Published C10 (%) |" in head
-    n_darts, n_cdarts = (list(ex.PUBLISHED).index(m) + 1 for m in ("darts", "cdarts"))
-    assert f"| darts | 1/1 | 80.00 | 54.30 ± 0.00 [{n_darts}] |" in md
-    assert f"| cdarts | 1/1 | 90.00 | 94.02 ± 0.31 [{n_cdarts}] |" in md
+    # footnotes numbered in order of appearance; a method without runs still shows its number
+    assert ex.published_refs(summary) == {"cdarts": 1, "darts": 2, "stc": 3}
+    assert "| cdarts | 1/1 | 90.00 | 94.02 ± 0.31 [1] |" in md
+    assert "| darts | 1/1 | 80.00 | 54.30 ± 0.00 [2] |" in md
     assert "| darts_order2 | 1/1 | 70.00 | — |" in md            # a variant: another protocol
-    notes = ex.published_notes(["darts", "cdarts", "darts_order2"], 94.07)
-    assert len(notes) == 3 and "optimum 94.37" in notes[0] and "94.07" in notes[0]
-    assert notes[1].startswith(f"[{n_darts}] DARTS-V1") and "NAS-Bench-201 paper" in notes[1]
-    assert "Cream README" in notes[2]
-    assert ex.published_notes(["darts_order2"]) == []
+    assert "| stc | 0/1 | — | 93.41 ± 0.2 [3] |" in md         # the source's precision
+    notes = ex.published_notes(ex.published_refs(summary), 94.07)
+    assert len(notes) == 4 and "optimum 94.37" in notes[0] and "94.07" in notes[0]
+    assert notes[1].startswith("[1] CDARTS") and "Cream README" in notes[1]
+    assert notes[2].startswith("[2] DARTS-V1") and "NAS-Bench-201 paper" in notes[2]
+    assert ex.published_notes({}) == []
     assert all(p.source for p in ex.PUBLISHED.values())
     # no table accuracy, no published column
     assert "Published" not in markdown_table(aggregate([_row("darts", 0, search_acc=50.0)]))

@@ -559,9 +559,11 @@ class Published:
     std: float | None
     source: str
     protocol: str = "searched on CIFAR-10"
+    std_digits: int = 2   # as printed in the source
 
     def text(self) -> str:
-        return f"{self.mean:.2f}" + ("" if self.std is None else f" ± {self.std:.2f}")
+        std = "" if self.std is None else f" ± {self.std:.{self.std_digits}f}"
+        return f"{self.mean:.2f}{std}"
 
 
 #: Published NAS-Bench-201 CIFAR-10 test accuracies of the methods, by method name (a method
@@ -596,23 +598,32 @@ PUBLISHED: dict[str, Published] = {
                         "cells score 94.37, 94.09, 93.62 (mean 94.03, population std 0.31)"),
     "stc": Published("STC-NAS", 93.41, 0.2,
                      "STC-NAS (Neurocomputing 2022) Table 6 (not found in a source the search "
-                     "tools reach: no public code; quoted from issue 11)"),
+                     "tools reach: no public code; quoted from issue 11)", std_digits=1),
 }
 #: The best CIFAR-10 test accuracy in NAS-Bench-201's own table (DrNAS README, "optimal").
 NB201_OPTIMUM = 94.37
 PUBLISHED_TITLE = "Published C10 (%)"
 
 
-def published_cell(method: str) -> str:
+def published_refs(summary: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Footnote numbers of the published column: the methods with a published number, in the
+    order they first appear in the settings whose table shows a table accuracy."""
+    settings = {e["setting"] for e in summary if "table_acc" in e}
+    refs: dict[str, int] = {}
+    for e in summary:
+        if e["setting"] in settings and e["method"] in PUBLISHED and e["method"] not in refs:
+            refs[e["method"]] = len(refs) + 1
+    return refs
+
+
+def published_cell(method: str, refs: dict[str, int]) -> str:
     """The published column's text for a method label: value and footnote mark, or "—"."""
-    pub = PUBLISHED.get(method)
-    return "—" if pub is None else f"{pub.text()} [{list(PUBLISHED).index(method) + 1}]"
+    return f"{PUBLISHED[method].text()} [{refs[method]}]" if method in refs else "—"
 
 
-def published_notes(methods: Sequence[str], table_best: float | None = None) -> list[str]:
-    """Footnotes of the published column for the methods shown (empty when none has one)."""
-    shown = [m for m in PUBLISHED if m in methods]
-    if not shown:
+def published_notes(refs: dict[str, int], table_best: float | None = None) -> list[str]:
+    """Footnotes of the published column (empty when no method shown has a number)."""
+    if not refs:
         return []
     best = "" if table_best is None else f"; the best cell of the table used here scores " \
                                             f"{table_best:.2f}"
@@ -620,10 +631,9 @@ def published_notes(methods: Sequence[str], table_best: float | None = None) -> 
            f"NAS-Bench-201's own table (optimum {NB201_OPTIMUM:.2f}{best}) after the paper's "
            "full-size search — another search protocol than the runs above; read it as the "
            "reference point, not as a number these runs should reach."]
-    for m in shown:
+    for m, n in refs.items():
         p = PUBLISHED[m]
-        out.append(f"[{list(PUBLISHED).index(m) + 1}] {p.paper_name}: {p.text()}, {p.protocol}; "
-                   f"{p.source}.")
+        out.append(f"[{n}] {p.paper_name}: {p.text()}, {p.protocol}; {p.source}.")
     return out
 
 
@@ -673,6 +683,7 @@ def markdown_table(summary: Sequence[dict[str, Any]], notes: dict[str, str] | No
     out, and beside a measured NAS-Bench-201 table accuracy stands the method's published one
     (:data:`PUBLISHED`). ``notes``: a line under each setting's heading."""
     lines: list[str] = []
+    refs = published_refs(summary)
     for setting in dict.fromkeys(s["setting"] for s in summary):
         entries = [s for s in summary if s["setting"] == setting]
         cols = [(k, title, d) for k, title, d in METRICS if any(k in e for e in entries)]
@@ -685,7 +696,7 @@ def markdown_table(summary: Sequence[dict[str, Any]], notes: dict[str, str] | No
             at = keys.index("table_acc") + 1
             heads.insert(at, PUBLISHED_TITLE)
             for e, row in zip(entries, rows, strict=True):
-                row.insert(at, published_cell(e["method"]))
+                row.insert(at, published_cell(e["method"], refs))
         lines.append("| Method | Runs | " + " | ".join(heads) + " |")
         lines.append("|---|---|" + "---|" * len(heads))
         for e, row in zip(entries, rows, strict=True):
@@ -791,7 +802,7 @@ def report(out: str | Path, cells: Sequence[Cell], plot: bool = True,
         import numpy as np
 
         best = float(np.nanmax(np.asarray(table.accuracies, dtype=float)))
-        foot += published_notes([e["method"] for e in summary if "table_acc" in e], best)
+        foot += published_notes(published_refs(summary), best)
     if spec is not None:
         foot.append(f"Runs: {spec.jobs} at once (--jobs {spec.jobs}), {run_threads(spec)} "
                     f"torch thread(s) each, device {spec.device}.")
