@@ -69,7 +69,8 @@ class ReLU(Weighting):
     paper = "STC-NAS (Neurocomputing 2022) Eq. (3): ReLU(α) per op"
 
     def weights(self, alpha: torch.Tensor) -> torch.Tensor:
-        return F.relu(alpha)
+        # derivative 1 at 0, as STC-NAS (methods/stc.py): an α projected onto 0 can come back
+        return alpha.clamp_min(0.0)
 
 
 TAU_SCHEDULES = ("linear", "exp")
