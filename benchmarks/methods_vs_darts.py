@@ -21,7 +21,8 @@ process is recorded. A child builds the search, notes its peak RSS (the built se
 ``--warmup`` then ``--iters`` timed iterations (``method.step`` on two fixed batches), notes
 the peak RSS again, and counts one iteration's FLOPs (exact, load-free). "Iteration memory" is
 the peak RSS above the built search. Results go to ``benchmarks/results/methods_vs_darts.json``
-after every process (an interrupted sweep keeps what it measured) and the section
+after every process (an interrupted sweep keeps what it measured; a sweep with the same
+settings adds to the earlier records of its config) and the section
 ``## Baselines vs DARTS`` of BENCHMARKS.md::
 
     .venv/bin/python benchmarks/methods_vs_darts.py                         # both configs
@@ -149,10 +150,15 @@ def sweep(a: argparse.Namespace) -> None:
     if "darts" not in variants:
         variants.insert(0, "darts")
     for config in a.configs.split(","):
-        runs: dict[str, list] = {v: [] for v in variants}
-        data.setdefault("configs", {})[config] = {
-            **CONFIGS[config], "iters": a.iters, "warmup": a.warmup, "threads": a.threads,
-            "locked": config == "standard", "runs": runs}
+        entry = {**CONFIGS[config], "iters": a.iters, "warmup": a.warmup, "threads": a.threads,
+                 "locked": config == "standard"}
+        old = data.setdefault("configs", {}).get(config, {})
+        # same settings: add to the earlier measurements (other variants, more repeats)
+        runs: dict[str, list] = old.get("runs", {}) if all(
+            old.get(k) == v for k, v in entry.items()) else {}
+        for v in variants:
+            runs.setdefault(v, [])
+        data["configs"][config] = {**entry, "runs": runs}
         for r in range(a.repeats):
             for v in variants if r % 2 == 0 else variants[::-1]:
                 rec = run_json(child_cmd(v, config, a), a.timeout, a.threads, key="variant")
@@ -188,9 +194,11 @@ def render(data: dict) -> str:
         runs = c["runs"]
         d = runs.get("darts", [])
         dt_, dm, df = med(d, "median_cpu_s"), med(d, "iter_rss_gib"), med(d, "flops_per_iter")
-        n = max((len(v) for v in runs.values()), default=0)
+        counts = sorted({len(v) for v in runs.values()}) or [0]
+        n = (f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}")
         lines += [f"### `{name}`: {c['channels']} channels × {c['layers']} cells, batch "
-                  f"{c['batch_size']} × {c['input_size']}²×{c['in_channels']} ({n} repeats, "
+                  f"{c['batch_size']} × {c['input_size']}²×{c['in_channels']} ({n} processes "
+                  "per variant, "
                   f"{c['iters']} timed iterations after {c['warmup']} warm-up each, "
                   f"{c['threads']} thread(s); load average before the processes "
                   f"{load_range(runs)})", "",
@@ -214,6 +222,9 @@ def render(data: dict) -> str:
             lines.append(f"| {v} | {fmt(t)} | {ratio(t, dt_)} | {fmt(med(ok, 'median_s'))} | "
                          f"{fmt(fl and fl / 1e9, 1)} | "
                          f"{ratio(fl, df)} | {fmt(mem)} | {ratio(mem, dm)} | {target} | {met} |")
+        missing = [v for v in VARIANTS if v not in runs]
+        if missing:
+            lines += ["", f"Not measured at this config yet: {', '.join(missing)}."]
         lines.append("")
     lines += [
         "Reading the tables: FLOPs and memory are the load-free measures; the CPU times agree "
