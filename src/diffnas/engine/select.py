@@ -113,9 +113,12 @@ class PerturbationSelection(Selection):
     name = "pt"
 
     def __init__(self, method: SearchMethod, evaluation: BatchStream, aug: BatchAugment) -> None:
-        if not hasattr(method, "regularisers") or not isinstance(method.regularisers, list):
-            raise DiffnasError(f"--select pt needs a method built from parts; {method.name!r} "
-                               "has its own derivation")
+        own = type(method)
+        if (own.edge_policy is not SearchMethod.edge_policy
+                or own.alpha_weights is not SearchMethod.alpha_weights
+                or not isinstance(getattr(method, "regularisers", None), list)):
+            raise DiffnasError(f"--select pt needs a method whose op weights come from its "
+                               f"parts; {method.name!r} has its own edge policy")
         self.method, self.net, self.evaluation, self.aug = method, method.net, evaluation, aug
         self.interval = int(method.opts["proj_intv"])
         self.crit = str(method.opts["pt_crit"])
