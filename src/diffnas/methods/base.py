@@ -10,6 +10,8 @@ The search loop only calls::
     method.derive()                                # genotype
     method.epoch_metrics()                         # extra metrics (JSON)
     method.state_dict() / load_state_dict()        # resume
+    METHODS[name].stage_epochs(cfg)                # stages (P-DARTS): between two,
+    method.next_stage(s) / new.carry_over(method)  # the supernet is rebuilt
 
 What differs between the DARTS-family methods lives in *parts* (:mod:`.parts`, which also
 says how to add one): a weighting (softmax, gumbel, dirichlet, sigmoid, relu), an edge
