@@ -223,12 +223,38 @@ def test_imagenet_search_has_imagenet_shaped_s_and_e(tiny_cfg):
     assert stats["arch_distill"] > 0 and len(m.eval_net.stage_channels) == 3
 
 
+def test_cifar_preset_follows_the_reference_script():
+    # run_search_cifar_1gpu.sh: pretrain_epochs 2 of search_iter 32, w_lr = nasnet_lr 0.08
+    # (never annealed), α Adam betas (0.5, 0.999) without decay, interactive_type 3, loss_alpha 1
+    cfg = resolve_config("cdarts-cifar10", dataset="digits", device="cpu")
+    o = cfg.method_args
+    assert (cfg.epochs, cfg.batch_size, cfg.channels, cfg.layers, o["e_layers"]) == \
+        (62, 64, 16, 8, 20)
+    assert cfg.w_lr == cfg.w_lr_min == o["e_lr"] == 0.08
+    assert cfg.a_betas == (0.5, 0.999) and cfg.a_weight_decay == 0.0 and cfg.a_lr == 3e-4
+    assert (o["distill"], o["lam"], o["temperature"]) == ("smoothl1", 1.0, 2.0)
+    _, _, m = build(cfg, steps_per_epoch=1)
+    assert [m.cycle_phase(i) for i in range(62)] == ["warmup"] * 2 + ["separate", "joint"] * 30
+    assert {m.w_lr(e) for e in range(62)} == {0.08}
+    assert m.a_opt.defaults["betas"] == (0.5, 0.999)
+
+
+def test_nb201_preset_keeps_the_paper_where_no_script_exists():
+    cfg = resolve_config("cdarts-nb201", dataset="digits", device="cpu")
+    o = cfg.method_args
+    assert cfg.a_betas == (0.5, 0.999)             # hard-coded in benchmark201/search.py
+    assert cfg.a_weight_decay == 3e-4 and cfg.w_lr == 0.1 and cfg.w_lr_min < cfg.w_lr
+    assert (o.get("distill", "kl"), o["lam"], o["l1_coeff"]) == ("kl", 4.0, 0.0)
+
+
 def test_imagenet_preset_follows_the_reference_script():
     cfg = resolve_config("cdarts-imagenet", dataset="digits", device="cpu")
     o = cfg.method_args
     assert (cfg.space, cfg.epochs, cfg.batch_size, cfg.channels, cfg.layers) == \
         ("darts-imagenet", 130, 1024, 16, 8)
-    assert cfg.w_weight_decay == cfg.a_weight_decay == 1e-5 and cfg.w_lr == o["e_lr"] == 0.8
+    assert cfg.w_weight_decay == cfg.a_weight_decay == 1e-5
+    assert cfg.w_lr == cfg.w_lr_min == o["e_lr"] == 0.8 and cfg.a_betas == (0.5, 0.999)
+    assert (o["distill"], o["lam"]) == ("kl-mean", 1.0)
     assert (o["warmup_epochs"], o["s_e"], o["s_u"], o["e_layers"], o.get("e_channels", 0)) == \
         (10, 3.0, 1.0, 14, 0)
     _, _, m = build(cfg, steps_per_epoch=1)         # 10 warm-up epochs, 30 cycles of 3 + 1
@@ -247,6 +273,42 @@ def test_distillation_is_zero_for_equal_logits_and_matches_the_formula():
         p, q = F.softmax(ei / 2, 1), F.softmax(si / 2, 1)
         want += 4.0 * float((p * (p.log() - q.log())).sum(1).mean())
     assert math.isclose(distillation_loss(s, e, 2.0).item(), want, rel_tol=1e-5)
+
+
+def test_smooth_l1_distillation_of_the_stage_ensemble_on_hand_set_logits():
+    # Cream interactive_type 3: stage logits × 1/3 each, stacked; T²·mean smooth-ℓ1 (β = 1)
+    s = [torch.zeros(1, 2) for _ in range(3)]
+    e = [torch.tensor([[6.0, 0.0]]), torch.tensor([[0.3, 0.0]]), torch.zeros(1, 2)]
+    # differences 2.0 (|d| - 0.5 = 1.5) and 0.1 (0.5·d² = 0.005) over 6 elements, × T² = 4
+    assert math.isclose(distillation_loss(s, e, 2.0, "smoothl1").item(), 4 * 1.505 / 6,
+                        rel_tol=1e-6)
+    # learned ensemble weights: softmax(ensemble) = (1/2, 1/4, 1/4) scales both sides
+    w = torch.tensor([0.5, 0.25, 0.25]).log()
+    want = 4 * ((3.0 - 0.5) + 0.5 * 0.075 ** 2) / 6
+    assert math.isclose(distillation_loss(s, e, 2.0, "smoothl1", w).item(), want, rel_tol=1e-6)
+    assert distillation_loss(e, [x.clone() for x in e], 2.0, "smoothl1").item() == 0.0
+
+
+def test_kl_mean_distillation_is_the_element_mean_over_the_stage_ensemble():
+    g = torch.Generator().manual_seed(1)
+    s = [torch.randn(4, 5, generator=g) for _ in range(3)]
+    e = [torch.randn(4, 5, generator=g) for _ in range(3)]
+    q = F.log_softmax(torch.cat(s) / 3 / 2, 1)    # equal weights 1/3, T = 2
+    p = F.softmax(torch.cat(e) / 3 / 2, 1)
+    want = 4 * float((p * (p.log() - q)).sum()) / (12 * 5)
+    assert math.isclose(distillation_loss(s, e, 2.0, "kl-mean").item(), want, rel_tol=1e-5)
+
+
+def test_ensemble_distillation_trains_the_ensemble_weights_with_w_e(tiny_cfg):
+    net, obj, m = build(small(tiny_cfg, distill="smoothl1"))
+    assert m.ensemble is not None and m.ensemble.shape == (3,)
+    m.step(batch(obj, 0), batch(obj, 1))            # separate learning builds E
+    assert any(p is m.ensemble for p in m.e_params)
+    w0, a0 = m.ensemble.detach().clone(), snapshot(m.a_params)
+    out = m.arch_step(batch(obj, 2), batch(obj, 3))
+    assert out.terms["distill"] > 0
+    assert not torch.equal(w0, m.ensemble) and not same(a0, m.a_params)
+    assert build(small(tiny_cfg))[2].ensemble is None  # the paper's KL has no ensemble
 
 
 def test_joint_step_distillation_gradient_reaches_alpha_and_w_e_only(tiny_cfg):
@@ -310,10 +372,10 @@ def test_l1_schedule_decays_to_zero_over_two_thirds():
     assert l1_schedule(12, 20, 5.0, 0.5, warmup=10) == pytest.approx(3.0)
     net, obj, m = build(resolve_config("cdarts-cifar10", dataset="digits", device="cpu"))
     got = []
-    for epoch in (0, 20, 40, 59):                   # 60 loop epochs = 30 cycles
+    for epoch in (0, 2, 22, 42, 61):                # 2 warm-up + 60 loop epochs = 30 cycles
         m.begin_epoch(epoch)
         got.append(m.l1_weight)
-    assert got == pytest.approx([5.0, 2.5, 0.0, 0.0])
+    assert got == pytest.approx([5.0, 5.0, 2.5, 0.0, 0.0])
     net, obj, m = build(resolve_config("cdarts-nb201", dataset="digits", device="cpu"))
     assert m.l1_weight == 0.0                       # off in NAS-Bench-201
 
@@ -328,6 +390,7 @@ def test_l1_schedule_decays_to_zero_over_two_thirds():
     ({"variant": "both"}, "unknown cdarts variant"),
     ({"l1_ops": "skip"}, "not an op of the darts space"),
     ({"s_e": 2.0}, "no joint step would run"),
+    ({"distill": "l2"}, "option distill must be one of kl, kl-mean, smoothl1"),
 ])
 def test_bad_options_raise_one_clear_error(tiny_cfg, opts, msg):
     with pytest.raises(DiffnasError, match=msg):
@@ -369,9 +432,11 @@ def test_search_runs_end_to_end_on_digits(tiny_cfg, tmp_path, space):
     assert result["genotype_connected"] is True or space == "nb201"
 
 
-def test_resume_equals_uninterrupted(tiny_cfg, tmp_path, interrupted_search, assert_same_run):
+@pytest.mark.parametrize("distill", ["kl", "smoothl1"])
+def test_resume_equals_uninterrupted(tiny_cfg, tmp_path, interrupted_search, assert_same_run,
+                                     distill):
     # 2 steps per epoch, cycles of 1 separate + 2 joint steps: the cut falls mid-cycle
-    cfg = small(tiny_cfg, "nb201", subset=64, epochs=3, s_e=0.5, s_u=1.0)
+    cfg = small(tiny_cfg, "nb201", subset=64, epochs=3, s_e=0.5, s_u=1.0, distill=distill)
     straight = search(cfg, out=tmp_path / "straight", progress=False)
     interrupted_search(cfg, tmp_path / "resumed", CDARTS)
     resumed = search(cfg, out=tmp_path / "resumed", resume=True, progress=False)

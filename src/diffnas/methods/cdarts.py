@@ -16,12 +16,14 @@ Two networks: the search network S (the supernet, w_S and α) and an evaluation 
   (CIFAR 20 cells, ImageNet 14 with the ImageNet stem, NAS-Bench-201 N = 5).
 - §3.3, embedding modules: after each stage of S and of E, global pooling + linear maps the
   stage's features to logits; the last stage's module is the network's own classifier.
-- Eq. (9)-(10), introspective distillation: L^{S,E} = Σ_stages T²·KL(p_E ‖ q_S), p_E and q_S
-  the softened (T = 2) stage logits of E and S, averaged over the batch.
+- Eq. (9)-(10), introspective distillation (``distill=kl``): L^{S,E} = Σ_stages T²·KL(p_E ‖ q_S),
+  p_E and q_S the softened (T = 2) stage logits of E and S, averaged over the batch; the
+  reference scripts' forms (``kl-mean``, ``smoothl1``) in :func:`distillation_loss`.
 - Eq. (7), separate learning: at every cycle start, E alone is trained for S_E steps on
   val batches by its cross-entropy L^E_val.
 - Eq. (8), joint learning: α and w_E are updated together on a val batch by
-  L^S_val + L^E_val + λ·L^{S,E}_val (λ = 4) + Eq. (11); α by Adam, w_E by E's SGD.
+  L^S_val + L^E_val + λ·L^{S,E}_val (paper λ = 4; presets: Deviations) + Eq. (11); α by Adam,
+  w_E by E's SGD.
 - Eq. (6): then w_S is updated on a train batch by L^S_train (SGD, cosine, as DARTS).
 - Eq. (11): λ'·‖α_op‖₁ on the raw α of the ``l1_ops`` in every cell kind, λ' decaying
   linearly from 5 to 0 over the first ``l1_ratio`` (CIFAR 2/3: 20 of 30 cycles; ImageNet 1/2)
@@ -57,9 +59,15 @@ Deviations (paper says / reference code does / we do, because):
   it); ours gives E its own stem and classifier (kept by the pool) so Eq. (7) trains w_E only.
 - Pool: Cream's is a one-shot network holding every op of every edge from the start; ours
   fills as E first uses an op (fresh weights then, as Cream's untouched ops) — same weights.
-- α optimiser: paper Adam betas (0.5, 0.99), α weight decay 3e-4; reference scripts betas
-  (0.5, 0.999), decay 0 (CIFAR) / 1e-5 (ImageNet); CIFAR and NAS-Bench-201 presets keep the
-  paper's, the ImageNet preset the script's (below).
+- α betas: paper Adam (0.5, 0.99); reference code (0.5, 0.999), hard-coded in Cream's
+  ``search.py`` and ``benchmark201/search.py``; all three paper presets (0.5, 0.999)
+  (``--set a_betas=0.5,0.99`` gives the paper text).
+- α weight decay (CIFAR): paper 3e-4; ``run_search_cifar_1gpu.sh`` 0; ``cdarts-cifar10`` 0
+  (``--set a_weight_decay=3e-4`` gives the paper text). NAS-Bench-201 keeps 3e-4: Cream has no
+  NAS-Bench-201 search script (its README names one that is not in the repository).
+- w_S schedule: the loop's default is cosine (DARTS); Cream's ``search.py`` builds cosine
+  schedulers but never steps them (both calls commented out), so w_S and w_E keep w_lr; CIFAR
+  and ImageNet presets constant (``w_lr_min`` = ``w_lr``; ``--set w_lr_min=0.001``: cosine).
 - ImageNet weight decay: paper 3e-5 (w_S and α); ``run_search_imagenet.sh`` 1e-5 for both,
   which produced the published cells; preset 1e-5 (``--set w_weight_decay=3e-5 --set
   a_weight_decay=3e-5`` gives the paper text).
@@ -69,12 +77,17 @@ Deviations (paper says / reference code does / we do, because):
 - NAS-Bench-201 ℓ1: Cream's ``benchmark201`` code with ``--regular`` penalises mean |α_none|
   (no script says the published runs used it); preset off (the benchmark's protocol);
   ``--opt l1_ops=none --opt l1_coeff=...`` gives the penalty, summed over the 6 edges.
-- Eq. (8): paper L^S + L^E + λ·L^{S,E}; Cream (CE_S + CE_E)/λ' + λ'·D (λ' = 1) with D the
-  KL's element mean (ImageNet script) or smooth-ℓ1 of the logits (CIFAR script,
-  ``--interactive_type 3``) of an ensemble of the stage heads; ours Eq. (8) as written, KL per
-  stage.
-- CIFAR schedule: paper 30 epochs; Cream's CIFAR script adds 2 warm-up epochs (pretrain_epochs
-  2 of search_iter 32) and uses w_lr = nasnet_lr 0.08; preset the paper's (0.1, no warm-up).
+- Eq. (8): paper L^S + L^E + λ·L^{S,E}, λ = 4, L^{S,E} the per-stage KL; Cream
+  (CE_S + CE_E)/λ' + λ'·D with λ' = ``loss_alpha`` = 1 and D = T²·(element mean of) smooth-ℓ1
+  (CIFAR script, ``interactive_type 3``) or KL (ImageNet script, ``interactive_type 0``) between
+  the learned-weight stage ensembles (``--ensemble_param``); ``cdarts-cifar10`` uses
+  ``distill=smoothl1``, ``cdarts-imagenet`` ``distill=kl-mean``, both ``lam=1``
+  (``--opt distill=kl --opt lam=4`` gives the paper text); ``cdarts-nb201`` keeps the paper's
+  (no script). The ensemble weights learn with w_E (Cream: E's optimiser in the joint step).
+- CIFAR schedule: paper 30 epochs, w_lr 0.1; Cream's CIFAR script adds 2 warm-up epochs
+  (pretrain_epochs 2 of search_iter 32) and uses w_lr = nasnet_lr = 0.08; preset the script's
+  (``--set epochs=60 --opt warmup_epochs=0 --set w_lr=0.1 --set w_lr_min=0.001 --opt
+  e_lr=0.1`` gives the paper text).
 - NAS-Bench-201 E: Cream builds it from the argmax with ``none`` and so can disconnect it (then
   at chance, its distillation pulling S the same way); ours builds E from :func:`connect`.
 - E sees the val batch the objective prepared (masked images under the MIM objective); E's
@@ -105,24 +118,46 @@ from ..spaces import (
     genotype_from_dict,
 )
 from ..spaces.darts import reduction_layers
-from ..spaces.nb201 import EDGES, N_NODES
+from ..spaces.nb201 import PATHS, connected
 from .base import SearchMethod, accuracy, frozen, grads_of, set_grads
 
 #: Table 7 rows: S alone (+ℓ1), + distillation, + updating w_E in the joint step.
 VARIANTS = ("s", "distill", "full")
 
 
+#: Eq. (8)'s distillation term: the paper's per-stage KL (Eq. 9-10), or Cream's
+#: ``Loss_interactive`` on the stage ensemble (interactive_type 0: KL element mean, 3: smooth-ℓ1)
+DISTILL = ("kl", "kl-mean", "smoothl1")
+
+
 def distillation_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
-                      temperature: float) -> torch.Tensor:
-    """Eq. (9)-(10): Σ over stages of T²·KL(p_E ‖ q_S), batch mean; p_E = softmax(teacher/T),
-    q_S = softmax(student/T). Gradients reach both sides (the paper trains E with it too)."""
+                      temperature: float, form: str = "kl",
+                      ensemble: torch.Tensor | None = None) -> torch.Tensor:
+    """L^{S,E} between S's and E's stage logits; gradients reach both sides.
+
+    ``kl`` (Eq. 9-10): Σ over stages of T²·KL(p_E ‖ q_S), batch mean, p_E = softmax(teacher/T),
+    q_S = softmax(student/T). ``kl-mean`` / ``smoothl1`` (Cream ``lib/models/loss.py``): each
+    side's stage logits scaled by softmax(``ensemble``) (equal weights if None) and stacked along
+    the batch (Cream ``em_output``), then T² times the KL's or smooth-ℓ1's element mean."""
     t = float(temperature)
-    total = student[0].new_zeros(())
-    for s, e in zip(student, teacher, strict=True):
+    if form == "kl":
+        total = student[0].new_zeros(())
+        for s, e in zip(student, teacher, strict=True):
+            kl = F.kl_div(F.log_softmax(s / t, dim=1), F.log_softmax(e / t, dim=1),
+                          log_target=True, reduction="batchmean")
+            total = total + kl * (t * t)
+        return total
+    w = (torch.softmax(ensemble, dim=0) if ensemble is not None
+         else student[0].new_full((len(student),), 1 / len(student)))
+    s = torch.cat([wi * x for wi, x in zip(w, student, strict=True)])
+    e = torch.cat([wi * x for wi, x in zip(w, teacher, strict=True)])
+    if form == "smoothl1":
+        return F.smooth_l1_loss(s, e) * (t * t)
+    if form == "kl-mean":
         kl = F.kl_div(F.log_softmax(s / t, dim=1), F.log_softmax(e / t, dim=1),
-                      log_target=True, reduction="batchmean")
-        total = total + kl * (t * t)
-    return total
+                      log_target=True, reduction="sum")
+        return kl / s.numel() * (t * t)
+    raise unknown("cdarts distill", form, DISTILL)
 
 
 def l1_schedule(epoch: int, epochs: int, coeff: float, ratio: float, warmup: int = 0) -> float:
@@ -130,26 +165,6 @@ def l1_schedule(epoch: int, epochs: int, coeff: float, ratio: float, warmup: int
     post-warm-up epochs (CIFAR: 5 → 0 over 20 of 30), 0 afterwards."""
     span = ratio * max(1, epochs - warmup)
     return coeff * max(0.0, 1.0 - max(0, epoch - warmup) / span)
-
-
-def _paths(node: int) -> list[list[int]]:
-    """Every path from the input node 0 to ``node`` of a NAS-Bench-201 cell, as edge indices
-    into :data:`~diffnas.spaces.nb201.EDGES` (shorter paths first)."""
-    if node == 0:
-        return [[]]
-    return [p + [EDGES.index((i, node))] for i in range(node) for p in _paths(i)]
-
-
-#: the input→output paths of a NAS-Bench-201 cell: 0→3, 0→1→3, 0→2→3, 0→1→2→3
-PATHS: tuple[tuple[int, ...], ...] = tuple(tuple(p) for p in _paths(N_NODES - 1))
-
-
-def connected(genotype: Genotype) -> bool:
-    """Whether the cell passes its input to its output: some input→output path has no
-    ``none`` edge (a DARTS genotype never holds ``none`` and every node feeds the output)."""
-    if not isinstance(genotype, NB201Genotype):
-        return True
-    return any(all(genotype.ops[e] != "none" for e in p) for p in PATHS)
 
 
 def connect(genotype: NB201Genotype, weights: torch.Tensor,
@@ -232,6 +247,7 @@ class CDARTS(SearchMethod):
         "s_e": 1.0,               # S_E: epochs of separate learning of E after each rebuild
         "warmup_epochs": 0,       # epochs of w_S training with α fixed before the first cycle
         "lam": 4.0,               # λ of Eq. (8)
+        "distill": "kl",          # L^{S,E}: kl (Eq. 9-10) | kl-mean | smoothl1 (Cream's forms)
         "temperature": 2.0,       # T of Eq. (9)-(10)
         "l1_coeff": 5.0,          # λ' at the start (Eq. 11); 0 switches the term off
         "l1_ratio": 2 / 3,        # share of the post-warm-up epochs over which λ' reaches 0
@@ -266,6 +282,12 @@ class CDARTS(SearchMethod):
             heads = list(self.s_heads.parameters())
             self.w_params.extend(heads)
             self.w_opt.add_param_group({"params": heads})
+        #: Cream ``ensemble_param``: the learned stage weights of the ensemble distillation
+        #: forms (one per stage, init 0.333·U(0, 1) as Cream), trained with w_E (E's SGD)
+        self.ensemble: nn.Parameter | None = None
+        if self.variant != "s" and o["distill"] != "kl":
+            self.ensemble = nn.Parameter(
+                0.333 * torch.rand(len(supernet.stage_channels), device=self.device))
         self.eval_net: nn.Module | None = None
         self.eval_heads: StageHeads | None = None
         self.eval_genotype: Genotype | None = None
@@ -289,6 +311,8 @@ class CDARTS(SearchMethod):
         need(int(o["warmup_epochs"]) < cfg.epochs,
              f"option warmup_epochs={o['warmup_epochs']} leaves no search epoch of {cfg.epochs}")
         need(float(o["lam"]) >= 0, f"option lam (λ of Eq. 8) must be >= 0, got {o['lam']}")
+        need(str(o["distill"]) in DISTILL, f"option distill must be one of "
+             f"{', '.join(DISTILL)}, got {o['distill']!r}")
         need(float(o["temperature"]) > 0,
              f"option temperature must be positive, got {o['temperature']}")
         need(float(o["l1_coeff"]) >= 0, f"option l1_coeff must be >= 0, got {o['l1_coeff']}")
@@ -398,9 +422,10 @@ class CDARTS(SearchMethod):
 
     @property
     def e_params(self) -> list[nn.Parameter]:
-        """w_E: E's parameters and its embedding modules."""
+        """w_E: E's parameters, its embedding modules and the ensemble weights (if any)."""
         assert self.eval_net is not None and self.eval_heads is not None
-        return [*self.eval_net.parameters(), *self.eval_heads.parameters()]
+        extra = [self.ensemble] if self.ensemble is not None else []
+        return [*self.eval_net.parameters(), *self.eval_heads.parameters(), *extra]
 
     def refresh_eval(self) -> bool:
         """A cycle start: discretise α and rebuild E through the pool (as Cream does every
@@ -463,7 +488,8 @@ class CDARTS(SearchMethod):
                 e_stages, e_final = self._eval_forward(val.x)
                 e_logits = self.eval_heads(e_stages, e_final)
             e_ce, probe = F.cross_entropy(e_final, val.y), zero
-        distill = distillation_loss(s_logits, e_logits, float(self.opts["temperature"]))
+        distill = distillation_loss(s_logits, e_logits, float(self.opts["temperature"]),
+                                    str(self.opts["distill"]), self.ensemble)
         reg = self.l1_weight * self.l1_penalty() if self.l1_weight else zero
         loss = s_out.loss + float(self.opts["lam"]) * distill + reg
         if joint_e:
@@ -570,6 +596,8 @@ class CDARTS(SearchMethod):
         state["global_step"] = self.global_step
         if self.s_heads is not None:
             state["s_heads"] = self.s_heads.state_dict()
+        if self.ensemble is not None:
+            state["ensemble"] = self.ensemble.detach().clone()
         if self.eval_net is not None:
             assert self.eval_heads is not None and self.e_opt is not None
             assert self.eval_genotype is not None and self.input_shape is not None
@@ -584,6 +612,9 @@ class CDARTS(SearchMethod):
         self.global_step = int(state["global_step"])
         if self.s_heads is not None:
             self.s_heads.load_state_dict(state["s_heads"])
+        if self.ensemble is not None:
+            with torch.no_grad():
+                self.ensemble.copy_(state["ensemble"])
         if "eval_net" in state:
             in_ch, size = state["input_shape"]
             self.input_shape = (int(in_ch), int(size))
@@ -603,39 +634,52 @@ class CDARTS(SearchMethod):
 _PAPER: dict[str, Any] = dict(
     method="cdarts", batch_size=64, w_lr=0.1, w_momentum=0.9, w_weight_decay=3e-4,
     a_lr=3e-4, a_betas=(0.5, 0.99), a_weight_decay=3e-4, crop_padding=4, flip=True)
+#: the reference code (Cream CDARTS/search.py, benchmark201/search.py): Adam betas (0.5, 0.999)
+#: hard-coded for α
+_REF: dict[str, Any] = {**_PAPER, "a_betas": (0.5, 0.999)}
 #: Eq. (11)'s ops as Cream's search_function.py penalises them in the DARTS space
 _L1_OPS = "max_pool_3x3,avg_pool_3x3,skip_connect"
 _OPTS: dict[str, Any] = {"s_u": 1.0, "s_e": 1.0, "lam": 4.0, "temperature": 2.0,
                          "l1_coeff": 5.0, "l1_ratio": 2 / 3, "e_lr": 0.1}
+#: run_search_cifar_1gpu.sh: batch 64, w_lr = nasnet_lr 0.08 (constant: search.py never steps
+#: its schedulers), alpha_lr 3e-4, alpha decay 0, pretrain_epochs 2 of search_iter 32 (30
+#: cycles), nasnet_warmup 1 (S_E), search_iter_epochs 1 (S_U), regular_ratio 0.667,
+#: interactive_type 3 (smooth-ℓ1), loss_alpha 1 (λ = 1), loss_T 2, --ensemble_param
 register_preset(
     "cdarts-cifar10",
-    "CDARTS CIFAR-10 search (Table 1): S 8 cells × 16, E 20 × 16 (as wide as S, the Cream "
-    "code), 30 cycles of S_E = S_U = 1 epoch (60 loop epochs), λ=4, T=2, λ' 5→0 over the "
-    "first 20 cycles, SGD 0.1, batch 64",
-    **{**_PAPER, "space": "darts", "dataset": "cifar10", "epochs": 60, "channels": 16,
-       "layers": 8, "method_args": {**_OPTS, "l1_ops": _L1_OPS, "e_layers": 20}})
+    "CDARTS CIFAR-10 search as run_search_cifar_1gpu.sh (the published cells): S 8 cells × 16, "
+    "E 20 × 16, 2 warm-up epochs with α fixed, then 30 cycles of S_E = S_U = 1 epoch (62 loop "
+    "epochs), SGD 0.08 constant, α Adam betas (0.5, 0.999) without decay, smooth-ℓ1 "
+    "distillation of the stage ensemble (λ=1, T=2), λ' 5→0 over the first 20 cycles, batch 64",
+    **{**_REF, "space": "darts", "dataset": "cifar10", "epochs": 62, "channels": 16,
+       "layers": 8, "w_lr": 0.08, "w_lr_min": 0.08, "a_weight_decay": 0.0,
+       "method_args": {**_OPTS, "l1_ops": _L1_OPS, "e_layers": 20, "warmup_epochs": 2,
+                       "e_lr": 0.08, "distill": "smoothl1", "lam": 1.0}})
 register_preset(
     "cdarts-nb201",
     "CDARTS in NAS-Bench-201 on CIFAR-10 (Table 1): S and E the benchmark's N=5 × 16 network, "
-    "50 cycles of S_E = S_U = 1 epoch (100 loop epochs), λ=4, no ℓ1, SGD 0.1, batch 64; "
-    "run seeds 0, 1, 2",
-    **{**_PAPER, "space": "nb201", "dataset": "cifar10", "epochs": 100, "channels": 16,
+    "50 cycles of S_E = S_U = 1 epoch (100 loop epochs), λ=4, no ℓ1, SGD 0.1, batch 64, α Adam "
+    "betas (0.5, 0.999) (the reference code); run seeds 0, 1, 2",
+    **{**_REF, "space": "nb201", "dataset": "cifar10", "epochs": 100, "channels": 16,
        "layers": 5, "method_args": {**_OPTS, "l1_coeff": 0.0, "e_layers": 5}})
-#: run_search_imagenet.sh: batch 8 × 128, w_lr = nasnet_lr 0.8, alpha_lr 3e-4, weight decay
-#: 1e-5 (w and α), pretrain_epochs 10 of search_iter 40 (30 cycles), nasnet_warmup 3 (S_E),
-#: search_iter_epochs 1 (S_U), regular_ratio 0.5, init_channels 16, stem_multiplier 1
+#: run_search_imagenet.sh: batch 8 × 128, w_lr = nasnet_lr 0.8 (constant, as on CIFAR),
+#: alpha_lr 3e-4, weight decay 1e-5 (w and α), pretrain_epochs 10 of search_iter 40 (30 cycles),
+#: nasnet_warmup 3 (S_E), search_iter_epochs 1 (S_U), regular_ratio 0.5, init_channels 16,
+#: stem_multiplier 1, interactive_type 0 (KL element mean), loss_alpha 1 (λ = 1), --ensemble_param
 register_preset(
     "cdarts-imagenet",
-    "CDARTS ImageNet search: S 8 cells × 16 and E 14 × 16, both ImageNet-shaped "
-    "(darts-imagenet, 224→28 stem), 10 warm-up epochs with α fixed, then 30 cycles of "
-    "S_E = 3 + S_U = 1 epochs (130 loop epochs), batch 1024, SGD 0.8, weight decay 1e-5 (w and "
-    "α, the reference script), λ' 5→0 over half; pass --dataset folder:PATH (a class-balanced "
-    "subset)",
-    **{**_PAPER, "space": "darts-imagenet", "dataset": "folder:", "image_size": 224,
+    "CDARTS ImageNet search as run_search_imagenet.sh: S 8 cells × 16 and E 14 × 16, both "
+    "ImageNet-shaped (darts-imagenet, 224→28 stem), 10 warm-up epochs with α fixed, then 30 "
+    "cycles of S_E = 3 + S_U = 1 epochs (130 loop epochs), batch 1024, SGD 0.8 constant, weight "
+    "decay 1e-5 (w and α), α Adam betas (0.5, 0.999), KL (element mean) distillation of the "
+    "stage ensemble (λ=1, T=2), λ' 5→0 over half; pass --dataset folder:PATH (a "
+    "class-balanced subset)",
+    **{**_REF, "space": "darts-imagenet", "dataset": "folder:", "image_size": 224,
        "epochs": 130, "batch_size": 1024, "channels": 16, "layers": 8, "w_lr": 0.8,
-       "w_weight_decay": 1e-5, "a_weight_decay": 1e-5, "crop_padding": 0,
+       "w_lr_min": 0.8, "w_weight_decay": 1e-5, "a_weight_decay": 1e-5, "crop_padding": 0,
        "method_args": {**_OPTS, "l1_ops": _L1_OPS, "warmup_epochs": 10, "s_e": 3.0,
-                       "l1_ratio": 0.5, "e_layers": 14, "e_lr": 0.8}})
+                       "l1_ratio": 0.5, "e_layers": 14, "e_lr": 0.8, "distill": "kl-mean",
+                       "lam": 1.0}})
 register_preset(
     "cdarts-cpu",
     "CDARTS on 2 CPU cores (about 7 minutes): DARTS space on a 2000-image Fashion-MNIST "
