@@ -77,7 +77,7 @@ def test_pt_keeps_the_op_that_matters_and_fine_tunes_between_decisions():
     # a decision at epochs 0 and 2, the supernet fine-tuned after each epoch's decision
     assert [e[0] for e in events] == ["decide", "tune", "tune", "decide", "tune"]
     lrs = [lr for kind, lr in events if kind == "tune"]
-    assert lrs[0] == pytest.approx(0.1 / 10) and lrs[0] > lrs[1] > lrs[2]  # lr/10, cosine
+    assert lrs == pytest.approx([0.1 / 10] * 3)  # the reference's constant lr/10
     # the decided edges are one-hot in the method's weights (forward and derivation)
     w = method.alpha_weights()["cell"]
     assert w[0].tolist() == [0.0, 1.0, 0.0]

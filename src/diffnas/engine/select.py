@@ -21,8 +21,9 @@ loss most) is kept, the edge becomes one-hot on it. After every edge (DARTS spac
 step: per kind a random node with more than two inputs; repeatedly drop the incoming edge whose
 removal leaves the highest accuracy until two remain. Between decisions the supernet is
 fine-tuned by the method's own step (its α step too, on undecided edges; none with
-``fix_alpha``) with a new SGD at lr ``w_lr``/10, cosine to ``w_lr_min`` over the phase
-(reference ``reset_optimizer(learning_rate / 10)``, ``CosineAnnealingLR(tune_epochs)``).
+``fix_alpha``) with a new SGD (momentum and weight decay of the search) at the constant lr
+``w_lr``/10 (reference ``reset_optimizer(learning_rate / 10)``; ``sota/cnn/projection.py``
+builds a ``CosineAnnealingLR`` but never steps it, ``nasbench201/projection.py`` has none).
 The phase has ``proj_intv · (decisions − 1) + 1`` epochs, a decision at every
 ``proj_intv``-th (``sota/cnn/projection.py``).
 
@@ -139,16 +140,9 @@ class PerturbationSelection(Selection):
         self.epochs = self.interval * (self.decisions - 1) + 1
         self.nodes_done: dict[str, set[int]] = {k: set() for k in self.net.kinds}
         cfg = method.cfg
-        self.lr0, self.lr_min = cfg.w_lr / 10, cfg.w_lr_min
-        self.opt = torch.optim.SGD(method.w_params, lr=self.lr0, momentum=cfg.w_momentum,
+        self.opt = torch.optim.SGD(method.w_params, lr=cfg.w_lr / 10, momentum=cfg.w_momentum,
                                    weight_decay=cfg.w_weight_decay)
         method.w_opt = self.opt  # the method's weight step now uses the fine-tuning optimiser
-
-    def lr(self, k: int) -> float:
-        import math
-
-        return self.lr_min + 0.5 * (self.lr0 - self.lr_min) * (1 + math.cos(math.pi * k /
-                                                                             self.epochs))
 
     # -- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -211,8 +205,6 @@ class PerturbationSelection(Selection):
             d = k // self.interval
             step = self.decide_op if d < self.n_edges else self.decide_edges
             out["pt_decision"] = [step(kind) for kind in self.net.kinds]
-        for g in self.opt.param_groups:
-            g["lr"] = self.lr(k)
         out["train"] = tune()
         return out
 
