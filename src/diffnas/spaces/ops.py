@@ -209,7 +209,12 @@ class _Subsample(torch.autograd.Function):
 
 def subsample(x: torch.Tensor, offsets: tuple[int, ...], step: int = 2
               ) -> tuple[torch.Tensor, ...]:
-    """Every ``step``-th row and column of ``x`` from each offset (see :class:`_Subsample`)."""
+    """Every ``step``-th row and column of ``x`` from each offset (see :class:`_Subsample`;
+    plain slices where no gradient is taken, and when traced for export)."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or not (
+            torch.is_grad_enabled() and x.requires_grad):
+        fmt = _layout(x)
+        return tuple(x[:, :, o::step, o::step].contiguous(memory_format=fmt) for o in offsets)
     return _Subsample.apply(x, offsets, step)
 
 
