@@ -15,7 +15,8 @@ from .errors import DiffnasError
 DEFAULT_PRESET = "cpu"
 # Modules that add subcommands: each has ``register(subparsers)`` which adds its parser(s)
 # with ``set_defaults(func=...)``; the function takes the parsed args and returns an exit code.
-EXTRA_COMMANDS: tuple[str, ...] = ("diffnas.cli_bench", "diffnas.cli_eval", "diffnas.cli_semantic")
+EXTRA_COMMANDS: tuple[str, ...] = ("diffnas.cli_bench", "diffnas.cli_eval", "diffnas.cli_semantic",
+                                   "diffnas.cli_plot")
 
 
 def _kv(items: list[str] | None, flag: str) -> dict[str, str]:
