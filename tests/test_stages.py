@@ -135,6 +135,23 @@ def test_pdarts_resumes_exactly_inside_stage_two(tiny_cfg, tmp_path, interrupted
     assert state["epoch"] == 1 and len(state["stages"]) == 2
     search(cfg, out=tmp_path / "cut", resume=True, progress=False)
     _, _, metrics = assert_same_run(tmp_path / "full", tmp_path / "cut")
+    # cut at the stage switch: the checkpoint is stage 1's, the switch happens on resume
+    original = PDARTS.step
+
+    def cut(self, train, val):
+        if self.stage == 1:
+            raise KeyboardInterrupt
+        return original(self, train, val)
+
+    PDARTS.step = cut
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            search(cfg, out=tmp_path / "switch", progress=False)
+    finally:
+        PDARTS.step = original
+    assert len(torch.load(tmp_path / "switch" / "checkpoint.pt", weights_only=True)["stages"]) == 1
+    search(cfg, out=tmp_path / "switch", resume=True, progress=False)
+    assert_same_run(tmp_path / "full", tmp_path / "switch")
     assert [r["stage"] for r in metrics] == [0, 1, 1, 2, 2]
     spaces = [s["space"] for s in json.loads((tmp_path / "full" / "stages.json").read_text())]
     assert [s.get("layers") for s in spaces] == [None, 3, 4]
