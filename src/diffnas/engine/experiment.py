@@ -484,6 +484,7 @@ def decision(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def collect_run(cell: Cell, table: Any = None) -> dict[str, Any]:
     """One results row for a cell's run folder (``status`` tells whether it finished)."""
     from ..spaces import genotype_from_dict
+    from ..spaces.nb201 import connected, none_count
 
     run = RunFolder(cell.run_dir)
     row: dict[str, Any] = {"setting": cell.setting, "method": cell.method, "seed": cell.seed,
@@ -513,6 +514,8 @@ def collect_run(cell: Cell, table: Any = None) -> dict[str, Any]:
         "table_acc": _table_acc(table, genotype) if table is not None else (
             curve[-1] if curve else None),
         "params_m": _params_m(genotype), "skip_count": last.get("skip_count"),
+        # collapse to `none` (issue 12): the result's none edges, and whether it computes
+        "none_count": none_count(genotype), "connected_pct": 100.0 * connected(genotype),
         "alpha_std": last.get("alpha_std"), **decision(history),
         "search_time_min": result.get("search_time_s", 0.0) / 60.0,
         "peak_mem_gib": result.get("peak_mem_gib"), "table_acc_curve": curve,
@@ -537,6 +540,8 @@ METRICS: tuple[tuple[str, str, int], ...] = (
     ("table_acc", "NB201 table acc (%)", 2),
     ("params_m", "Params (M)", 3),
     ("skip_count", "Skips", 1),
+    ("none_count", "None edges", 1),
+    ("connected_pct", "Connected (% of runs)", 0),
     ("alpha_std", "α-std", 3),
     ("alpha_std_growth", "α-std ÷ epoch 1", 1),
     ("stable_epochs", "Cell stable (epochs)", 1),

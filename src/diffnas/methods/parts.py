@@ -13,6 +13,8 @@ derivation      how α becomes a genotype                argmax, threshold  (der
 regularisers    loss terms / perturbations on α or w,   (a comma-separated list, may be
                 op pruning                              empty; regularisers.py,
                                                         perturb.py, pruning.py)
+early_stop      when the search stops early (or rolls   (a list, may be empty; robustdarts.py,
+                back), from each epoch's metrics        dartsplus.py)
 ==============  ======================================  =================================
 
 A named method is a preset of parts (``parts``) plus paper values of their options
@@ -54,8 +56,8 @@ if TYPE_CHECKING:
     from .base import SearchMethod
 
 #: The slots, in the order they are shown; ``regularisers`` takes a comma-separated list.
-SLOTS: tuple[str, ...] = ("weighting", "edges", "derivation", "regularisers")
-LIST_SLOTS = frozenset({"regularisers"})
+SLOTS: tuple[str, ...] = ("weighting", "edges", "derivation", "regularisers", "early_stop")
+LIST_SLOTS = frozenset({"regularisers", "early_stop"})
 
 #: slot -> part name -> part class (filled by :func:`register_part`).
 PARTS: dict[str, dict[str, type[Part]]] = {slot: {} for slot in SLOTS}
@@ -118,6 +120,19 @@ class Part:
 
     def after_arch_step(self) -> None:
         """Called after every α update (e.g. a projection of α)."""
+
+    # -- early stopping (slot ``early_stop``; any part may use them) ------------------------------
+    def hessian_every(self) -> int:
+        """Epochs between evaluations of the α-Hessian's dominant eigenvalue this part needs
+        (0: none); the loop logs it as ``hessian_eig`` (``--hessian-every`` overrides it)."""
+        return 0
+
+    def end_epoch(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Called after every epoch with its metrics record (``hessian_eig`` when evaluated);
+        returns entries to add to it. A part stops the search with
+        :meth:`~.base.SearchMethod.stop_early` or rolls it back with
+        :meth:`~.base.SearchMethod.roll_back`."""
+        return {}
 
 
 class Weighting(Part):

@@ -95,6 +95,31 @@ class NB201Genotype:
         return sum(o in PARAMETER_FREE for o in self.ops)
 
 
+def _paths(node: int) -> list[list[int]]:
+    """Every path from the input node 0 to ``node``, as indices into :data:`EDGES` (shorter
+    paths first)."""
+    if node == 0:
+        return [[]]
+    return [p + [EDGES.index((i, node))] for i in range(node) for p in _paths(i)]
+
+
+#: the input→output paths of a cell: 0→3, 0→1→3, 0→2→3, 0→1→2→3
+PATHS: tuple[tuple[int, ...], ...] = tuple(tuple(p) for p in _paths(N_NODES - 1))
+
+
+def connected(genotype: object) -> bool:
+    """Whether the cell passes its input to its output: some input→output path has no
+    ``none`` edge (a DARTS genotype never holds ``none`` and every node feeds the output)."""
+    if not isinstance(genotype, NB201Genotype):
+        return True
+    return any(all(genotype.ops[e] != "none" for e in p) for p in PATHS)
+
+
+def none_count(genotype: object) -> int:
+    """``none`` edges of a derived cell (0 for a DARTS genotype, which never holds one)."""
+    return sum(o == "none" for o in genotype.ops) if isinstance(genotype, NB201Genotype) else 0
+
+
 def derive_cell(w: torch.Tensor, op_names: Sequence[str] = OPS) -> NB201Genotype:
     """NAS-Bench-201's DARTS-style derivation: argmax over all ops (``none`` included) per edge."""
     idx = w.detach().float().cpu().argmax(dim=1).tolist()
