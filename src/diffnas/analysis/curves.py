@@ -138,11 +138,12 @@ def _plot_series(stem: str, ylabel: str, series: dict[str, dict[str, list[float 
     fig, ax = figure(size)
     for label, s in series.items():
         xs = [e + 1 for e in s["epoch"]]
-        ax.plot(xs, s["mean"], marker="o" if len(xs) < 12 else None, ms=3, label=label)
+        (line,) = ax.plot(xs, s["mean"], marker="o" if len(xs) < 12 else None, ms=3,
+                          label=label)
         if s.get("std"):
             lo = [m - d for m, d in zip(s["mean"], s["std"], strict=True)]
             hi = [m + d for m, d in zip(s["mean"], s["std"], strict=True)]
-            ax.fill_between(xs, lo, hi, alpha=0.2)
+            ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
