@@ -15,6 +15,9 @@ Deviations from the reference (automl/RobustDARTS ``src/search/analyze.py``), on
   (wd: α's weight decay, 1e-3); we return the largest-magnitude eigenvalue of ∇²_α L_val by
   power iteration (the same value when it is the largest and positive, as in their plots),
   without the constant wd shift, over ``--hessian-batches`` fixed batches (default 1).
+* Its batch is the last α-step batch of the epoch (a fresh random one each time, with the
+  training augmentation); ours are the same clean batches at every evaluation, so the
+  trajectory measures the supernet, not the batch.
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ Deviations (one line each):
   states of the epochs a rollback can reach (every K-th, at most ⌊window/2⌋ + δ + 1 of them)
   in its own state, so they are in the run's checkpoint and a resumed run rolls back alike.
 * ``--extra_rollback_epochs`` (0 in the reference scripts) is not offered.
+* The reference also skips the stop of ``--early_stop 1`` when wd is at its maximum (never with
+  its defaults 3e-4 and 0.0243); ``es_mode=stop`` always stops.
 * After a rollback the reference re-runs its data loaders with fresh randomness; here the
   re-run epochs draw the same batches as the first time (randomness comes from (seed, epoch)).
 * The reference's search scripts run second-order DARTS (``--unrolled``); the presets do
