@@ -238,3 +238,31 @@ def test_every_epoch_records_none_count_and_connectivity(tiny_cfg, tmp_path):
     assert rec["connected"] == connected(result.genotype)
     summary = json.loads((tmp_path / "r/result.json").read_text())
     assert summary["connected"] == rec["connected"]
+
+
+# ------------------------------------------------------------------- R-DARTS(DP) drop-path
+@pytest.mark.parametrize("space", ["nb201", "darts"])
+def test_drop_path_part_drops_whole_samples_on_a_linear_schedule(tiny_cfg, space):
+    net, _, method = build_search(
+        tiny_cfg(method="darts", space=space, epochs=5,
+                 method_args={"regularisers": "drop_path", "drop_path_prob": 0.6}),
+        1, 8, 10, 4, CPU)
+    part = method.regularisers[0]
+    assert [part.rate(e) for e in range(5)] == pytest.approx([0.0, 0.15, 0.3, 0.45, 0.6])
+    method.begin_epoch(4)
+    edge = net.mixed_edges()[0]
+    assert edge.drop_path == pytest.approx(0.6)
+    x = torch.randn(64, edge.c, 4, 4)
+    w = torch.full((len(edge.op_names),), 1.0 / len(edge.op_names))
+    active = [i for i, o in enumerate(edge.op_names) if o != "none"]
+    edge.eval()
+    clean = edge(x, w, active)
+    saved = {k: v.clone() for k, v in edge.state_dict().items()}
+    edge.train()
+    torch.manual_seed(0)
+    out = edge(x, w, active)
+    edge.load_state_dict(saved)  # the BN statistics the training forward moved
+    zero = (out.flatten(1).abs().sum(1) == 0)
+    assert 0 < int(zero.sum()) < 64  # whole samples dropped, some kept
+    edge.eval()
+    assert torch.equal(edge(x, w, active), clean)  # evaluation is untouched

@@ -1,6 +1,7 @@
 """RobustDARTS' early stopping and adaptive regularisation (Zela, Elsken, Saikia, Marrakchi,
 Brox & Hutter, "Understanding and Robustifying Differentiable Architecture Search", ICLR 2020;
 code: automl/RobustDARTS, ``src/search/train_search.py``, ``src/utils.py`` ``EVLocalAvg``).
+The part ``regularisers=drop_path`` (option ``drop_path_prob``) is R-DARTS(DP)'s drop-path.
 
 The part ``early_stop=hessian`` watches the dominant eigenvalue λ_max of ∇²_α L_val (the
 loop's ``hessian_eig``, :mod:`diffnas.engine.hessian`, every K = 2 epochs as the reference
@@ -28,6 +29,11 @@ Deviations (one line each):
   its defaults 3e-4 and 0.0243); ``es_mode=stop`` always stops.
 * After a rollback the reference re-runs its data loaders with fresh randomness; here the
   re-run epochs draw the same batches as the first time (randomness comes from (seed, epoch)).
+* R-DARTS(L2) / R-DARTS(DP) are not presets: the paper picks, per space and dataset, the best
+  of a grid by validation (the reference's logs: wd 3e-4·3^k, k = 0..6; drop-path 0, 0.2, 0.4,
+  0.6); run the grid with ``w_weight_decay`` and ``--opt regularisers=drop_path --opt
+  drop_path_prob=P``. With drop-path the reference also raises cutout's probability linearly;
+  we keep ``cutout`` as configured.
 * The reference's search scripts run second-order DARTS (``--unrolled``); the presets do
   too (``order=2``), the CPU presets keep first order for speed.
 """
@@ -198,6 +204,25 @@ class HessianEarlyStop(Part):
         self.tracker.load_state_dict(state["tracker"])
         self.iteration = int(state["iteration"])
         self.snapshots = {int(k): v for k, v in state["snapshots"].items()}
+
+
+@register_part
+class DropPath(Part):
+    """R-DARTS(DP): drop-path on every supernet edge, its rate rising linearly over the search."""
+
+    slot = "regularisers"
+    name = "drop_path"
+    paper = ("drop-path on every edge of the supernet, p·epoch/(epochs − 1) (RobustDARTS "
+             "R-DARTS(DP), §5.2; src/search/model_search.py)")
+    options = {"drop_path_prob": 0.2}
+
+    def rate(self, epoch: int) -> float:
+        """The reference's ``drop_path_prob * epoch / (epochs - 1)``."""
+        return float(self.opts["drop_path_prob"]) * epoch / max(1, self.method.cfg.epochs - 1)
+
+    def begin_epoch(self, epoch: int) -> None:
+        for edge in self.method.net.mixed_edges():
+            edge.drop_path = self.rate(epoch)
 
 
 class DARTSES(SearchMethod):

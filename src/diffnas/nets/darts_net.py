@@ -33,16 +33,7 @@ from torch import nn
 
 from ..errors import DiffnasError
 from ..spaces.darts import DartsGenotype, reduction_layers
-from ..spaces.ops import FactorizedReduce, Identity, ReLUConvBN, darts_op
-
-
-def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Zero each sample of ``x`` with probability ``p`` and scale the rest by ``1/(1-p)``."""
-    if p <= 0.0:
-        return x
-    keep = 1.0 - p
-    mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep)
-    return x * mask.div_(keep)
+from ..spaces.ops import FactorizedReduce, Identity, ReLUConvBN, darts_op, drop_path
 
 
 class FixedCell(nn.Module):

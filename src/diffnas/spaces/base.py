@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DiffnasError
+from .ops import drop_path
 
 
 @dataclass
@@ -91,6 +92,8 @@ class MixedEdge(nn.Module):
         self.aux_scale = 1.0
         #: dropout on the stride-1 skip_connect's output in training (P-DARTS §3.3)
         self.skip_dropout = 0.0
+        #: drop-path on the edge's output in training (RobustDARTS' R-DARTS(DP))
+        self.drop_path = 0.0
 
     def drop_ops(self, keep: Sequence[int]) -> None:
         """Keep only the ops with index in ``keep``; the others become parameter-free ``none``
@@ -128,7 +131,7 @@ class MixedEdge(nn.Module):
                 bypass_scale: torch.Tensor | None = None) -> torch.Tensor | None:
         k = self.partial_channels
         if k == 1:
-            return self.add_aux(x, self.mix(x, weights, active))
+            return self.dropped(self.add_aux(x, self.mix(x, weights, active)))
         c = x.shape[1] // k
         # a dense channels-last copy of the ops' share (a channel slice of a channels-last
         # tensor is strided, and the ops' kernels would each copy it again)
@@ -140,7 +143,13 @@ class MixedEdge(nn.Module):
             rest = rest * bypass_scale
         if out is None:  # no op active: the op channels are zeros, the bypass still passes
             out = rest.new_zeros(rest.shape[0], c, *rest.shape[-2:])
-        return self.add_aux(x, shuffle_cat(out, rest, k))
+        return self.dropped(self.add_aux(x, shuffle_cat(out, rest, k)))
+
+    def dropped(self, out: torch.Tensor | None) -> torch.Tensor | None:
+        """``out`` under drop-path (:attr:`drop_path`, in training only)."""
+        if out is None or not self.training or self.drop_path <= 0:
+            return out
+        return drop_path(out, self.drop_path)
 
     def add_aux(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor | None:
         """``out + aux_scale · aux(x)`` with the auxiliary skip (DARTS-), else ``out``."""

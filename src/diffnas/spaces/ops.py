@@ -293,3 +293,14 @@ def nb201_op(name: str, c: int, stride: int, affine: bool) -> nn.Module:
 
 
 PARAMETER_FREE = frozenset({"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3"})
+
+
+def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Zero each sample of ``x`` with probability ``p`` and scale the rest by ``1/(1-p)``
+    (DARTS ``utils.drop_path``; the fixed network's cells and, with the ``drop_path`` part,
+    the supernet's edges)."""
+    if p <= 0.0:
+        return x
+    keep = 1.0 - p
+    mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep)
+    return x * mask.div_(keep)
