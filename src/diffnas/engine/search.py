@@ -5,6 +5,12 @@ chosen space, the objective and the method, and calls the method's hooks.
 Randomness is re-seeded at the start of every epoch from (seed, epoch), and
 the checkpoint holds every other piece of state, so a resumed run continues
 exactly as the uninterrupted one would have (on CPU).
+
+Two generic phases: *stages* (a method's ``stage_epochs``; at each switch the finished
+stage's method describes the next supernet, ``next_stage``, and the new method takes what it
+keeps, ``carry_over``; the checkpoint holds every stage's description) and a *selection after
+the search* (``--select``, :mod:`.select`), whose epochs are numbered after the search's and
+checkpointed like them, so a run resumes exactly inside either.
 """
 
 from __future__ import annotations
