@@ -35,7 +35,7 @@ def test_main_job_presets():
     search = PRESETS["semantic-cpu"].values
     assert search["method"] == "semantic" and search["objective_args"]["decoder"] == "light"
     train = TRAIN_PRESETS["cpu"][1]
-    assert train["dataset"] == "fashion-mnist" and train.get("subset") is None
+    assert train["dataset"] == "fashion-mnist" and train["subset"] == 45_000
     assert train.get("test_subset") is None  # tested on all 10,000 test images
     assert train["schedule"] == "onecycle" and train["auxiliary_weight"] == 0.0
 
@@ -50,10 +50,12 @@ def test_main_job_end_to_end_on_a_tiny_subset(tmp_path, capsys):
     metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert "val_masked_acc" in metrics  # the MIM objective's masked view
     assert main(["train", str(run), "--preset", "cpu", "--subset", "256", "--test-subset",
-                 "200", "--epochs", "1", "--no-progress", "--device", "cpu",
+                 "200", "--epochs", "1", "--batch-size", "16", "--no-progress", "--device", "cpu",
                  "--out", str(trained)]) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and "on 200 fashion-mnist test images" in out
+    first = json.loads((trained / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["lr"] == pytest.approx(0.2 / 25)  # one-cycle starts at lr / 25
     result = json.loads((trained / "result.json").read_text())
     assert result["genotype"] == json.loads((run / "genotype.json").read_text())
     assert 0.0 <= result["test_acc"] <= 1.0 and result["params_aux"] == 0
