@@ -62,6 +62,8 @@ def register(sub: Any) -> None:
                    help="1-D α landscape direction; auto: the Hessian's dominant eigenvector "
                         "when the run logged hessian_eig, else random")
     p.add_argument("--alpha-range", type=float, default=1.0, help="t from -R to R along α")
+    p.add_argument("--vmax", type=float, default=10.0,
+                   help="draw the loss clipped at this value (default 10, as Li et al.)")
     p.add_argument("--size", default="1400x600", help="PNG size WIDTHxHEIGHT in pixels")
     p.add_argument("--out", help="output folder (default: RUN/figures)")
     p.add_argument("--no-progress", action="store_true")
@@ -114,7 +116,7 @@ def cmd_landscape(args: argparse.Namespace) -> int:
     pyplot()
     res = landscape(args.run, args.out, args.grid, args.span, args.batches, args.batch_size,
                     args.seed, args.alpha_direction, args.alpha_range, parse_size(args.size),
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, vmax=args.vmax)
     _written([res["landscape"]])
     if "alpha" in res:
         _written([res["alpha"]["path"]])

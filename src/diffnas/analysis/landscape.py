@@ -172,7 +172,8 @@ def _load(run: Path) -> dict[str, Any]:
 def landscape(run: str | Path, out: str | Path | None = None, grid: int = 21,
               span: float = 1.0, batches: int = 2, batch_size: int = 64, seed: int = 0,
               alpha_direction: str = "auto", alpha_span: float = 1.0,
-              size: tuple[int, int] = (1400, 600), progress: bool = True) -> dict[str, Any]:
+              size: tuple[int, int] = (1400, 600), progress: bool = True,
+              vmax: float = 10.0) -> dict[str, Any]:
     """``diffnas landscape``: ``landscape.png`` (contour + surface) and, for a search run,
     ``landscape_alpha.png`` into ``out`` (default ``RUN/figures``), each with its JSON."""
     from ..data import BatchAugment
@@ -208,20 +209,24 @@ def landscape(run: str | Path, out: str | Path | None = None, grid: int = 21,
     ax[1].remove()
     ax3 = plt_fig.add_subplot(1, 2, 2, projection="3d")
     xs, ys = torch.meshgrid(torch.tensor(coords), torch.tensor(coords), indexing="xy")
-    cs = ax[0].contour(xs.numpy(), ys.numpy(), values, levels=20, cmap="viridis")
+    # drawn clipped at vmax (Li et al.'s plot_2D_contour: vmax 10); the JSON keeps every value
+    shown = torch.tensor(values).clamp(max=vmax)
+    top = float(shown.max())
+    levels = torch.linspace(float(shown.min()), top, 20).tolist() if top > shown.min() else 20
+    cs = ax[0].contour(xs.numpy(), ys.numpy(), shown.numpy(), levels=levels, cmap="viridis")
     ax[0].clabel(cs, fontsize=6)
     ax[0].plot([0], [0], "r+")
     ax[0].set_xlabel("δ")
     ax[0].set_ylabel("η")
-    ax3.plot_surface(xs.numpy(), ys.numpy(), torch.tensor(values).numpy(), cmap="viridis")
+    ax3.plot_surface(xs.numpy(), ys.numpy(), shown.numpy(), cmap="viridis")
     ax3.set_xlabel("δ")
     ax3.set_ylabel("η")
-    ax3.set_zlabel("loss")
+    ax3.set_zlabel(f"loss (clipped at {vmax:g})")
     n_img = sum(len(y) for _, y in fixed)
     plt_fig.suptitle(f"{run.name}: {m['kind']}, loss on {n_img} fixed training images "
                      "along two filter-normalised directions", fontsize=9)
     data2d = {"kind": m["kind"], "coords": coords, "loss": values, "images": n_img,
-              "batches": len(fixed), "batch_size": batch_size, "seed": seed,
+              "batches": len(fixed), "batch_size": batch_size, "seed": seed, "vmax": vmax,
               "origin_loss": values[grid // 2][grid // 2] if grid % 2 else None}
     result = {"landscape": save(plt_fig, out / "landscape.png", data2d), **data2d}
     if m["alphas"] is None:
