@@ -12,10 +12,11 @@ darts+pt, then the reverse order on the next repeat), on the same data and base 
 
 Per search the epoch wall times from its metrics (``epoch_time_s``: training steps plus the
 epoch's validation pass; for PT epochs the decision's evaluations plus one fine-tuning epoch).
-Writes ``benchmarks/results/stages_pt_cost.json`` and the section ``## P-DARTS stages and
-DARTS-PT selection vs DARTS`` of BENCHMARKS.md::
+Writes ``benchmarks/results/stages_pt_cost_<space>.json`` and the section ``## P-DARTS stages
+and DARTS-PT selection vs DARTS (<space>)`` of BENCHMARKS.md::
 
     flock /tmp/diffnas-heavy.lock .venv/bin/python benchmarks/stages_pt_cost.py --repeats 1
+    .venv/bin/python benchmarks/stages_pt_cost.py --space nb201 --layers 2 --repeats 2
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from common import REPO, machine, run_json, write_section  # type: ignore[import-not-found]
 
 SECTION = "## P-DARTS stages and DARTS-PT selection vs DARTS"
+SUB = {"darts": f"{SECTION} (DARTS space)", "nb201": f"{SECTION} (NAS-Bench-201 space)"}
 VARIANTS = ("darts", "pdarts", "pt")
 
 
@@ -41,12 +43,14 @@ def child(variant: str, args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     base = dict(dataset=args.dataset, subset=args.subset, batch_size=args.batch_size,
-                channels=args.channels, layers=args.layers, device="cpu", crop_padding=2)
+                channels=args.channels, layers=args.layers, device="cpu", crop_padding=2,
+                space=args.space)
     if variant == "darts":
         cfg = resolve_config(None, method="darts", epochs=3, **base)
     elif variant == "pdarts":
+        nb201 = {"num_to_keep": "4,3,1", "add_layers": "0,0,0"} if args.space == "nb201" else {}
         cfg = resolve_config(None, method="pdarts", epochs=3, **base,
-                             method_args={"arch_warmup_epochs": 0})
+                             method_args={"arch_warmup_epochs": 0, **nb201})
     else:
         cfg = resolve_config(None, method="darts", epochs=1, select="pt", **base,
                              method_args={"proj_intv": 1})
@@ -79,13 +83,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--channels", type=int, default=8)
     p.add_argument("--layers", type=int, default=5)
+    p.add_argument("--space", default="darts", choices=("darts", "nb201"))
     args = p.parse_args()
     if args.child:
         child(args.child, args)
         return
     flags = ["--dataset", args.dataset, "--subset", str(args.subset), "--batch-size",
              str(args.batch_size), "--channels", str(args.channels), "--layers",
-             str(args.layers)]
+             str(args.layers), "--space", args.space]
     runs = []
     for rep in range(args.repeats):
         order = VARIANTS if rep % 2 == 0 else VARIANTS[::-1]
@@ -97,13 +102,13 @@ def main() -> None:
     med = summarise(runs)
     mach = machine()
     out = {"config": vars(args), "median_epoch_s": med, "runs": runs, "machine": mach}
-    (REPO / "benchmarks" / "results" / "stages_pt_cost.json").write_text(
+    (REPO / "benchmarks" / "results" / f"stages_pt_cost_{args.space}.json").write_text(
         json.dumps(out, indent=1) + "\n")
     d = med.get("darts search")
     pt = med.get("pt select-pt")
     loads = [r.get("loadavg_before") for r in runs]
-    lines = [SECTION, "",
-             f"DARTS space, {args.dataset} {args.subset} images (half for w, half for α), "
+    lines = [SUB[args.space], "",
+             f"{args.space} space, {args.dataset} {args.subset} images (half for w, half for α), "
              f"batch {args.batch_size}, {args.channels} channels, base {args.layers} cells, "
              f"1 thread, each search a fresh process, {args.repeats} repeat(s) alternating; "
              f"load average before each: {loads}. {mach['cpu']}, {mach['nproc']} cores, torch "
@@ -113,13 +118,13 @@ def main() -> None:
              "| run | s / epoch | × DARTS epoch |", "|---|---|---|"]
     for k, v in med.items():
         lines.append(f"| {k} | {v} | {v / d:.2f} |" if d else f"| {k} | {v} | |")
-    if pt and d:
+    if pt and d and args.space == "darts":
         n = 17
         lines += ["", f"A full PT phase in the DARTS space at the reference's `proj_intv` 5 "
                   f"is 81 epochs with 17 decisions: ≈ {n} × {pt:.1f} s + 64 fine-tuning "
                   "epochs, i.e. more than the 50-epoch search itself (the reference: PT "
                   "costs about as much as the search)."]
-    write_section(REPO / "BENCHMARKS.md", SECTION, "\n".join(lines) + "\n")
+    write_section(REPO / "BENCHMARKS.md", SUB[args.space], "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
