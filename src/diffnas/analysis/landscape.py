@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..engine.hessian import dominant_eigenpair
 from ..errors import DiffnasError
 from . import figure, save
 
@@ -76,33 +77,10 @@ def dominant_eigenvector(loss_fn: Callable[[], torch.Tensor], params: Sequence[t
                          iters: int = 20, tol: float = 1e-3, seed: int = 0
                          ) -> tuple[list[torch.Tensor], float]:
     """The unit eigenvector (split like ``params``) of the Hessian of ``loss_fn()`` w.r.t.
-    ``params`` with the largest-magnitude eigenvalue, and that eigenvalue: power iteration on
-    Hessian-vector products (double backpropagation), stopped when the Rayleigh quotient
-    changes by less than ``tol`` (relative). Parameters the loss does not use get zeros."""
+    ``params`` with the largest-magnitude eigenvalue, and that eigenvalue
+    (:func:`diffnas.engine.hessian.dominant_eigenpair`)."""
     with torch.enable_grad():
-        grads = torch.autograd.grad(loss_fn(), params, create_graph=True, allow_unused=True)
-        used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-        gen = torch.Generator().manual_seed(seed)
-        v = [torch.zeros_like(p) for p in params]
-        for i in used:
-            v[i] = torch.randn(params[i].shape, generator=gen).to(params[i])
-        eig = 0.0
-        for step in range(iters):
-            norm = torch.sqrt(sum((v[i] * v[i]).sum() for i in used)).clamp_min(1e-30)
-            v = [x / norm for x in v]
-            dot = sum((grads[i] * v[i]).sum() for i in used)
-            hv = torch.autograd.grad(dot, [params[i] for i in used], retain_graph=True,
-                                     allow_unused=True)
-            new = float(sum((h * v[i]).sum() for i, h in zip(used, hv, strict=True)
-                            if h is not None))
-            done = step > 0 and abs(new - eig) <= tol * max(abs(new), 1e-12)
-            eig = new
-            if done:
-                break
-            for i, h in zip(used, hv, strict=True):
-                v[i] = torch.zeros_like(params[i]) if h is None else h.detach()
-    norm = torch.sqrt(sum((x * x).sum() for x in v)).clamp_min(1e-30)
-    return [x.detach() / norm for x in v], eig
+        return dominant_eigenpair(loss_fn(), params, iters=iters, tol=tol, seed=seed)
 
 
 def _fixed_batches(images: torch.Tensor, labels: torch.Tensor, batches: int, batch_size: int,

@@ -32,38 +32,50 @@ if TYPE_CHECKING:
     from ..methods import SearchMethod
 
 
+def dominant_eigenpair(loss: torch.Tensor, params: Sequence[torch.Tensor], *,
+                       iters: int = 50, tol: float = 1e-4, seed: int = 0
+                       ) -> tuple[list[torch.Tensor], float]:
+    """The dominant (largest-magnitude) eigenvalue of the Hessian of ``loss`` w.r.t. ``params``
+    and its unit eigenvector (split like ``params``; zeros for parameters the loss does not use),
+    by power iteration on Hessian-vector products (double backpropagation): the Rayleigh
+    quotient of the iterate, stopped when it changes by less than ``tol`` (relative). Zeros and
+    0 when the loss does not depend on ``params``."""
+    params = list(params)
+    zeros = [torch.zeros_like(p) for p in params]
+    if not loss.requires_grad:
+        return zeros, 0.0
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+    if not used:
+        return zeros, 0.0
+    gen = torch.Generator().manual_seed(seed)
+    v = {i: torch.randn(params[i].shape, generator=gen).to(params[i]) for i in used}
+    eig = 0.0
+    for step in range(iters):
+        norm = torch.sqrt(sum((x * x).sum() for x in v.values())).clamp_min(1e-30)
+        v = {i: x / norm for i, x in v.items()}
+        dot = sum((grads[i] * v[i]).sum() for i in used)
+        hv = torch.autograd.grad(dot, [params[i] for i in used], retain_graph=True,
+                                 allow_unused=True)
+        hv = {i: torch.zeros_like(params[i]) if h is None else h.detach()
+              for i, h in zip(used, hv, strict=True)}
+        if all(float(h.abs().max()) == 0.0 for h in hv.values()):
+            return zeros, 0.0
+        new = float(sum((hv[i] * v[i]).sum() for i in used))
+        done = step > 0 and abs(new - eig) <= tol * max(abs(new), 1e-12)
+        eig = new
+        if done:
+            break
+        v = hv
+    vec = [v[i].detach() if i in v else z for i, z in enumerate(zeros)]
+    norm = torch.sqrt(sum((x * x).sum() for x in vec)).clamp_min(1e-30)
+    return [x / norm for x in vec], eig
+
+
 def dominant_eigenvalue(loss: torch.Tensor, params: Sequence[torch.Tensor], *,
                         iters: int = 50, tol: float = 1e-4, seed: int = 0) -> float:
-    """The dominant (largest-magnitude) eigenvalue of the Hessian of ``loss`` w.r.t.
-    ``params``, by power iteration on Hessian-vector products; the Rayleigh quotient of the
-    last iterate, stopped when it changes by less than ``tol`` (relative). 0 when the loss
-    does not depend on ``params``."""
-    params = list(params)
-    if not loss.requires_grad:
-        return 0.0
-    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-    pairs = [(p, g) for p, g in zip(params, grads, strict=True)
-             if g is not None and g.requires_grad]
-    if not pairs:
-        return 0.0
-    ps, gs = [p for p, _ in pairs], [g for _, g in pairs]
-    gen = torch.Generator().manual_seed(seed)
-    v = [torch.randn(p.shape, generator=gen).to(p) for p in ps]
-    eig = 0.0
-    for i in range(iters):
-        norm = torch.sqrt(sum((x * x).sum() for x in v))
-        v = [x / norm for x in v]
-        dot = sum((g * x).sum() for g, x in zip(gs, v, strict=True))
-        hv = torch.autograd.grad(dot, ps, retain_graph=True, allow_unused=True)
-        hv = [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(ps, hv, strict=True)]
-        new = float(sum((h * x).sum() for h, x in zip(hv, v, strict=True)))
-        if float(torch.sqrt(sum((h * h).sum() for h in hv))) == 0.0:
-            return 0.0
-        converged = i > 0 and abs(new - eig) <= tol * max(abs(new), 1e-12)
-        eig, v = new, hv
-        if converged:
-            break
-    return eig
+    """The eigenvalue of :func:`dominant_eigenpair`."""
+    return dominant_eigenpair(loss, params, iters=iters, tol=tol, seed=seed)[1]
 
 
 def supernet_hessian_eig(net: torch.nn.Module, alphas: Sequence[torch.Tensor],
