@@ -173,6 +173,24 @@ def test_threshold_derivation_on_hand_set_alpha_nb201(tiny_cfg):
     with torch.no_grad():
         net.alphas["cell"][1, names.index("skip_connect")] = logit
     assert method.derive().ops[1] == "skip_connect"
+    with torch.no_grad():  # every op under 0.85: thresholding would cut the cell, argmax kept
+        net.alphas["cell"].fill_(-3.0)
+        net.alphas["cell"][:, names.index("nor_conv_1x1")] = 0.5
+    assert method.derive().ops == ("nor_conv_1x1",) * 6
+
+
+def test_gdas_edges_normalise_with_batch_statistics_in_eval(tiny_cfg):
+    """GDAS trains drawn ops but validates the argmax cell: its edge BNs keep no running
+    averages (NAS-Bench-201 BN=0); the stem's and the other methods' BNs still do."""
+    from torch import nn
+    for name, tracked in (("gdas", False), ("darts", True)):
+        net, _, _ = build(tiny_cfg, name, "nb201")
+        edge_bns = [m for e in net.mixed_edges() for m in e.modules()
+                    if isinstance(m, nn.BatchNorm2d)]
+        assert edge_bns and all(m.track_running_stats is tracked for m in edge_bns)
+        assert net.stem[1].track_running_stats
+        net.eval()
+        assert torch.isfinite(net(torch.randn(4, 1, 8, 8))).all()
 
 
 def test_threshold_derivation_on_hand_set_alpha_darts(tiny_cfg):

@@ -12,7 +12,10 @@
 Deviation: the DARTS-space genotype holds exactly two inputs per node, so in the DARTS space
 an edge under the threshold is kept (the genotype equals ``argmax``'s) and counted in the
 logged ``below_threshold`` (edges of the derived cells that FairDARTS would drop); in
-NAS-Bench-201 an edge whose strongest op is under the threshold becomes ``none``.
+NAS-Bench-201 an edge whose strongest op is under the threshold becomes ``none``, unless that
+leaves no path from the cell's input to its output: then the cell is ``argmax``'s too (a cell
+that outputs zeros is no architecture; a short search of σ(α) from 0.5 leaves every op under
+0.85).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 
 from ..errors import DiffnasError
 from ..spaces import Genotype, NB201Genotype
+from ..spaces.nb201 import connected
 from .parts import Derivation, register_part
 
 
@@ -68,7 +72,9 @@ class Threshold(Derivation):
             for e, op in enumerate(ops):
                 if op != "none" and float(w[e, net.op_names.index(op)]) < self.threshold:
                     ops[e] = "none"
-            genotype = NB201Genotype(tuple(ops))
+            thresholded = NB201Genotype(tuple(ops))
+            if connected(thresholded):  # else the argmax cell, as in the DARTS space
+                genotype = thresholded
         return genotype
 
     def stats(self) -> dict[str, float]:

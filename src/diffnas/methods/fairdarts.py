@@ -18,7 +18,7 @@ Deviations (one line each):
 - the DARTS-space genotype format needs two inputs per node, so sub-threshold edges are kept
   and counted (``below_threshold``); see :mod:`.derivation`.
 - the NAS-Bench-201 preset is ours (FairDARTS has no NAS-Bench-201 run): its DARTS-space
-  settings; a sub-threshold edge becomes ``none`` there.
+  settings; a sub-threshold edge becomes ``none`` there unless the cell would be disconnected.
 """
 
 from __future__ import annotations

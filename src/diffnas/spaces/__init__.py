@@ -25,18 +25,22 @@ def build_supernet(space: str, channels: int, layers: int, num_classes: int,
     """The search supernet of ``space``; ``options`` are construction options every space takes
     (``partial_channels``, ``edge_norm``: see :mod:`diffnas.spaces.base`; ``aux_skip``: DARTS-'
     auxiliary skip on every edge, :meth:`Supernet.add_aux_skip`; ``edge_ops``: the kept ops
-    of every edge, :meth:`Supernet.keep_ops`), usually a method's
+    of every edge, :meth:`Supernet.keep_ops`; ``edge_batch_stats``:
+    :meth:`Supernet.edge_batch_stats`), usually a method's
     :meth:`~diffnas.methods.base.SearchMethod.supernet_options`."""
     if space not in SPACES:
         raise unknown("search space", space, SPACES)
     aux_skip = bool(options.pop("aux_skip", False))
     edge_ops = options.pop("edge_ops", None)
+    batch_stats = bool(options.pop("edge_batch_stats", False))
     net = SPACES[space](channels=channels, layers=layers, num_classes=num_classes,
                         in_channels=in_channels, **options)
     if aux_skip:
         net.add_aux_skip()
     if edge_ops is not None:  # a stage with fewer candidate ops per edge (P-DARTS)
         net.keep_ops(edge_ops)
+    if batch_stats:
+        net.edge_batch_stats()
     return net
 
 
