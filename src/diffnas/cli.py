@@ -50,6 +50,9 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--order", type=int, choices=(1, 2), help="DARTS order (1 or 2)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda[:N] or auto")
+    p.add_argument("--sync-bn", action="store_true", default=None,
+                   help="under torchrun: batch norm over the global batch, not each rank's "
+                        "share (README: data-parallel runs)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE",
                    help="method option (repeatable), e.g. --opt noise=0.3")
     p.add_argument("--select", help="selection after the search: pt (DARTS-PT; options "
@@ -124,7 +127,7 @@ def _config(args: argparse.Namespace) -> Any:
                  subset=args.subset, class_fraction=args.class_fraction,
                  image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
                  channels=args.channels, layers=args.layers, order=args.order, seed=args.seed,
-                 device=args.device, select=args.select,
+                 device=args.device, select=args.select, sync_bn=args.sync_bn,
                  hessian_every=args.hessian_every, hessian_batches=args.hessian_batches,
                  method_args=_kv(args.opt, "--opt") or None,
                  objective_args=_kv(args.obj_opt, "--obj-opt") or None)
@@ -148,6 +151,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     finally:
         if on_epoch is not None:
             on_epoch.close()
+    from .engine.distributed import is_main_process
+
+    if not is_main_process():  # torchrun: rank 0 prints the result
+        return 0
     if args.json:
         print(json.dumps({"genotype": result.genotype.to_dict(), "run_dir": str(result.run_dir),
                           "val_acc": result.metrics.get("val_acc")}))

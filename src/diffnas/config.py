@@ -94,12 +94,15 @@ class SearchConfig(ConfigBase):
     # method- and objective-specific options (validated by the method/objective)
     method_args: dict[str, Any] = field(default_factory=dict)
     objective_args: dict[str, Any] = field(default_factory=dict)
+    # latency term (objectives/latency.py): table, target_ms, weight, form, estimate, sha256
+    latency: dict[str, Any] = field(default_factory=dict)
     select: str | None = None          # a selection after the search: pt (DARTS-PT), or None
     # dominant eigenvalue of ∇²_α L_val (RobustDARTS) every K epochs (0: off, or as the
     # method's early stopping needs), on this many fixed validation batches
     hessian_every: int = 0
     hessian_batches: int = 1
     device: str = "auto"
+    sync_bn: bool = False              # torchrun: BN statistics of the global batch (all ranks)
 
     _run_neutral = frozenset({"device", "data_dir"})
     _tuples = ("a_betas",)
@@ -135,6 +138,9 @@ class SearchConfig(ConfigBase):
             raise unknown("search space", self.space, SPACES)
         if self.objective is not None and self.objective not in OBJECTIVES:
             raise unknown("objective", self.objective, OBJECTIVES)
+        from .objectives.latency import check_latency_config
+
+        check_latency_config(self.latency)
         if self.select is not None:
             from .engine.select import SELECTIONS
 
@@ -170,7 +176,7 @@ def resolve_config(preset: str | None = None, **overrides: Any) -> SearchConfig:
     for k, v in overrides.items():
         if v is None:
             continue
-        if k in ("method_args", "objective_args"):
+        if k in ("method_args", "objective_args", "latency"):
             values[k] = {**values.get(k, {}), **v}
         else:
             values[k] = v

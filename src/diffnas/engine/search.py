@@ -35,8 +35,10 @@ from ..errors import DiffnasError
 from ..methods import SearchMethod, get_method
 from ..methods.base import accuracy
 from ..objectives import build_objective
+from ..objectives.latency import with_latency
 from ..spaces import Genotype, Supernet, build_supernet, genotype_from_dict
 from ..spaces.nb201 import connected, none_count
+from . import distributed
 from .hessian import method_hessian_eig
 from .runfolder import RunFolder
 
@@ -72,22 +74,26 @@ def build_search(cfg: SearchConfig, in_channels: int, image_size: int, num_class
                  steps_per_epoch: int, device: torch.device,
                  stats: tuple[Sequence[float], Sequence[float]] | None = None,
                  stage: int = 0, spec: dict[str, Any] | None = None,
+                 stage_start: int = 0, search_epochs: int | None = None,
                  ) -> tuple[Supernet, Any, SearchMethod]:
     """Supernet, objective and method for ``cfg`` (shared by search and profile).
 
     ``stats``: the data's normalisation ``(mean, std)``, for objectives that work in pixel
     space (reconstruction range, colour bins); None means pixels in [0, 1]. ``stage``,
-    ``spec``: a later search stage and its space description (:func:`stage_config`)."""
+    ``spec``: a later search stage and its space description (:func:`stage_config`; its
+    ``supernet`` options override the method's), ``stage_start``, ``search_epochs``: the
+    stage's first epoch in the search and the search's epochs."""
     torch.manual_seed(cfg.seed + stage)
     method_cls = get_method(cfg.method)
     net = build_supernet(cfg.space, cfg.channels, cfg.layers, num_classes, in_channels,
-                         **method_cls.supernet_options(cfg),
-                         **(spec or {}).get("supernet", {})).to(device)
+                         **{**method_cls.supernet_options(cfg),
+                            **(spec or {}).get("supernet", {})}).to(device)
     mean, std = stats if stats is not None else (None, None)
     objective = build_objective(cfg.objective or method_cls.default_objective, net, in_channels,
                                 image_size, cfg.objective_args, mean=mean, std=std).to(device)
+    objective = with_latency(objective, net, cfg.latency)  # + the latency term, when asked for
     method = method_cls(cfg, net, objective, steps_per_epoch)
-    method.stage = stage
+    method.stage, method.stage_start, method.search_epochs = stage, stage_start, search_epochs
     return net, objective, method
 
 
@@ -171,14 +177,20 @@ def search(cfg: SearchConfig | None = None, *, out: str | Path | None = None, re
     cfg.validate()
     device = resolve_device(cfg.device)
     dataset_name = cfg.dataset.replace("/", "_").replace(":", "-")
-    run = RunFolder.open(out or Path("runs") / f"{cfg.method}-{cfg.space}-{dataset_name}-"
-                         f"seed{cfg.seed}", resume)
+    with distributed.session(device, cfg.sync_bn) as ddp:  # torchrun: this rank's part
+        if ddp is not None:  # only rank 0 shows progress and writes (distributed module doc)
+            device, progress = ddp.device, progress and ddp.main
+            on_epoch = on_epoch if ddp.main else None
+        run = distributed.run_folder(RunFolder.open(
+            out or Path("runs") / f"{cfg.method}-{cfg.space}-{dataset_name}-seed{cfg.seed}",
+            resume), ddp)
 
-    data = load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir, image_size=cfg.image_size,
-                        class_fraction=cfg.class_fraction, seed=cfg.seed)
-    if cfg.subset is not None and cfg.subset < len(data.labels):
-        data = data.subset(cfg.subset, cfg.seed)
-    return _run(cfg, data, run, resume, progress, device, on_epoch)
+        data = load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir,
+                            image_size=cfg.image_size, class_fraction=cfg.class_fraction,
+                            seed=cfg.seed)
+        if cfg.subset is not None and cfg.subset < len(data.labels):
+            data = data.subset(cfg.subset, cfg.seed)
+        return _run(cfg, data, run, resume, progress, device, on_epoch)
 
 
 def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, progress: bool,
@@ -191,6 +203,10 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
     evaluation = BatchStream(images, labels, val_idx, max(cfg.batch_size, 256), seed=0,
                              drop_last=False, device=device)
     steps = min(len(train), len(val))
+    ddp = distributed.current()  # None in one process
+    if ddp is not None:  # the global batch splits evenly (a short split: one smaller batch)
+        ddp.check_batch("the global batch (--batch-size)", min(cfg.batch_size, len(train_idx)),
+                        min(cfg.batch_size, len(val_idx)))
     # the fixed validation batches of λ_max (--hessian-every): the first of this stream's epoch 0
     hessian_stream = BatchStream(images, labels, val_idx, cfg.batch_size, seed=cfg.seed + 2,
                                  device=device)
@@ -200,13 +216,17 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
     first_epoch = [sum(plan[:i]) for i in range(len(plan))]
 
     def build(stage: int, spec: dict[str, Any]) -> tuple[Supernet, Any, SearchMethod]:
-        return build_search(stage_config(cfg, plan[stage], spec), data.in_channels,
-                            data.image_size, data.num_classes, steps, device,
-                            (data.mean, data.std), stage, spec)
+        built = build_search(stage_config(cfg, plan[stage], spec), data.in_channels,
+                             data.image_size, data.num_classes, steps, device,
+                             (data.mean, data.std), stage, spec, first_epoch[stage], cfg.epochs)
+        if ddp is not None:  # --sync-bn
+            ddp.prepare_modules(built[:2])
+        return built
 
     stages: list[dict[str, Any]] = [{}]  # the space description of every stage so far
     net, objective, method = build(0, {})
     state, start, elapsed, history = run.begin(cfg, resume)
+    distributed.check_resume(ddp, state, start, cfg.sync_bn)
     if state is not None:
         stages = [dict(s) for s in state.get("stages", [{}])]
         if len(stages) > 1:  # a later stage: its own supernet
@@ -218,7 +238,8 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
         run.log(f"search: {cfg.method} in {cfg.space} on {cfg.dataset} "
                 f"({len(train_idx)} train / {len(val_idx)} val images, "
                 f"{tuple(images.shape[1:])}), {cfg.epochs} epochs × {steps} steps, device {device}"
-                + (f", stages of {plan} epochs" if len(plan) > 1 else ""))
+                + (f", stages of {plan} epochs" if len(plan) > 1 else "")
+                + (f", {ddp.describe()}" if ddp is not None else ""))
     selection: Any = None  # the post-search phase (--select), built on the final supernet
     bar = tqdm(total=cfg.epochs * steps, initial=start * steps, disable=not progress,
                desc=f"{cfg.method}/{cfg.space}", unit="step", dynamic_ncols=True, leave=True)
@@ -227,6 +248,8 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
 
     def finish_epoch(epoch: int, t0: float, meter: _Meter, phase: dict[str, Any]) -> None:
         nonlocal genotype, record, elapsed
+        if ddp is not None:  # the ranks' BN running averages, averaged (module doc)
+            ddp.average_buffers(distributed.method_modules(net, objective, method))
         evals = evaluate_views(net, evaluation, aug, objective.eval_views, cfg.seed)
         eval_loss, eval_acc = evals.pop("")
         genotype = method.derive()
@@ -252,13 +275,15 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
             "epoch_time_s": time.perf_counter() - t0, "elapsed_s": elapsed,
             "peak_mem_gib": peak_memory_gib(device),
             **extra_epoch_metrics(cfg.space, genotype, run),
-            **method.epoch_metrics(),
+            **method.epoch_metrics(), **objective.epoch_metrics(),
         }
         ckpt_epoch = epoch
         if not phase:  # a search epoch: λ_max (RobustDARTS), then the early-stopping parts
             k = method.hessian_every()
             if k and (method.epoch % k == 0 or method.epoch == method.cfg.epochs - 1):
                 record["hessian_eig"] = method_hessian_eig(method, hessian_stream, aug)
+                if ddp is not None:  # a decision may read it: rank 0's, bit for bit
+                    record["hessian_eig"] = ddp.broadcast_float(record["hessian_eig"])
             record.update(method.end_epoch(record))
             if method.stopped is not None:
                 record["early_stop"] = method.stopped
@@ -266,6 +291,11 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
             if method.rollback_to is not None:  # the state is that of this earlier epoch
                 ckpt_epoch = epoch - method.epoch + method.rollback_to
         extra = {"select": selection.state_dict()} if "select_epoch" in phase else {}
+        if ddp is not None:  # every rank holds what rank 0 saves (checked bit for bit)
+            record["world_size"] = extra["world_size"] = ddp.world
+            ddp.assert_in_sync((f"{i}.{k}", t) for i, m in enumerate(
+                distributed.method_modules(net, objective, method))
+                for k, t in [*m.named_parameters(), *m.named_buffers()])
         run.end_epoch(cfg, ckpt_epoch, elapsed, record, model=net.state_dict(),
                       objective=objective.state_dict(), method=method.state_dict(),
                       stages=stages, **extra)
@@ -294,7 +324,12 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
         for (xt, yt), (xv, yv) in zip(train.epoch(epoch), val.epoch(epoch), strict=False):
             bt = objective.prepare(aug(xt, gen), yt, gen)
             bv = objective.prepare(aug(xv, gen), yv, gen)
-            stats = method.step(bt, bv)
+            if ddp is None:
+                stats = method.step(bt, bv)
+            else:  # this rank's share of the global batches; stats (and NaNs) of all ranks
+                ddp.prepare_modules(distributed.method_modules(method))  # a new E (--sync-bn)
+                stats = ddp.mean_stats(method.step(ddp.shard(bt, len(yt)),
+                                                   ddp.shard(bv, len(yv))))
             bad = [k for k, v in stats.items() if not math.isfinite(v)]
             if bad:
                 kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept in "
@@ -365,7 +400,7 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
                "final_val_loss": record.get("val_loss"),
                **{f"final_{k}": v for k, v in record.items() if k.startswith("val_")
                   and k not in ("val_acc", "val_loss")},  # the objective's views (masked)
-               **method.epoch_metrics(), "search_time_s": elapsed,
+               **method.epoch_metrics(), **objective.epoch_metrics(), "search_time_s": elapsed,
                **({"stages": len(plan)} if len(plan) > 1 else {}),
                **({"select": cfg.select} if cfg.select else {}),
                "none_count": none_count(genotype), "connected": connected(genotype),
@@ -411,15 +446,25 @@ def evaluate_views(net: torch.nn.Module, stream: BatchStream, aug: BatchAugment,
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     sums[""] = [0.0, 0.0]  # the clean entry exists even for an empty split
     total = 0
-    for x, y in stream.epoch(0):
+    ddp = distributed.current()  # data parallel: batches round-robin over the ranks
+    for i, (x, y) in enumerate(stream.epoch(0)):
         clean = aug(x, train=False)
         inputs = {"": clean, **(views(clean, gen) if views is not None else {})}
+        if ddp is not None and not ddp.mine(i):
+            for name in inputs:  # every rank knows every view (and drew its generator alike)
+                sums[name]  # noqa: B018
+            continue
         for name, inp in inputs.items():
             logits = net(inp)
             sums[name][0] += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
             sums[name][1] += accuracy(logits, y) * len(y)
         total += len(y)
     net.train()
+    if ddp is not None:
+        names = sorted(sums)
+        flat = ddp.sum_floats([total, *(v for k in names for v in sums[k])])
+        total, sums = int(flat[0]), {k: [flat[1 + 2 * j], flat[2 + 2 * j]]
+                                     for j, k in enumerate(names)}
     n = max(1, total)
     return {name: (loss / n, correct / n) for name, (loss, correct) in sums.items()}
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -87,6 +87,10 @@ class SearchMethod(EdgePolicy):
 
     #: the search stage this instance trains (set by the loop; see :meth:`stage_epochs`)
     stage: int = 0
+    #: where the stage sits in the whole search (set by the loop): its first epoch there, and
+    #: the search's epochs (None: the stage is the whole search, ``cfg.epochs``)
+    stage_start: int = 0
+    search_epochs: int | None = None
 
     def __init__(self, cfg: SearchConfig, supernet: Supernet, objective: Objective,
                  steps_per_epoch: int) -> None:
@@ -187,8 +191,9 @@ class SearchMethod(EdgePolicy):
 
         Between stages the loop asks the finishing stage's method for the next stage's space
         (:meth:`next_stage`), builds a new supernet, objective and method from it (whose
-        ``cfg.epochs`` is the stage's epochs, so schedules restart), sets its ``stage`` and
-        calls :meth:`carry_over` on it with the finished method."""
+        ``cfg.epochs`` is the stage's epochs, so schedules restart; one that runs on over the
+        stages reads ``stage_start`` and ``search_epochs``), sets its ``stage`` and calls
+        :meth:`carry_over` on it with the finished method."""
         return [cfg.epochs]
 
     def next_stage(self, stage: int) -> dict[str, Any]:
@@ -362,9 +367,13 @@ class SearchMethod(EdgePolicy):
     def alpha_weights(self) -> dict[str, torch.Tensor]:
         """α after this method's weighting (softmax for DARTS), per cell kind (restricted to the
         ops a pruning part keeps)."""
+        return self.op_weights()
+
+    def op_weights(self) -> dict[str, torch.Tensor]:
+        """:meth:`alpha_weights` with gradient to α (the latency term's weights)."""
         out = {}
         for kind, a in self.net.alphas.items():
-            w = kept_ops(self.edge_weights(a.detach()), self.net.op_mask(kind))
+            w = kept_ops(self.edge_weights(a), self.net.op_mask(kind))
             for part in self.regularisers:
                 w = part.restrict(kind, w)
             out[kind] = w
@@ -447,13 +456,21 @@ def add_terms(out: LossOutput, terms: list[dict[str, torch.Tensor]]) -> LossOutp
     return LossOutput(loss, out.logits, {**out.terms, **{k: v.detach() for k, v in extra.items()}})
 
 
+#: Set by :func:`diffnas.engine.distributed.session` for a data-parallel run: averages the
+#: gradients :func:`grads_of` returns over the ranks (None: one process, gradients as taken).
+GRAD_REDUCER: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
+
+
 def grads_of(loss: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor]:
     """Gradients of ``loss`` w.r.t. ``params`` only (zeros for unused ones, and for all when the
-    loss does not depend on any: e.g. a sampled sub-network whose every path draws ``none``)."""
+    loss does not depend on any: e.g. a sampled sub-network whose every path draws ``none``);
+    under data parallelism averaged over the ranks (:data:`GRAD_REDUCER`)."""
     if not loss.requires_grad:
-        return [torch.zeros_like(p) for p in params]
-    gs = torch.autograd.grad(loss, params, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs, strict=True)]
+        grads = [torch.zeros_like(p) for p in params]
+    else:
+        gs = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs, strict=True)]
+    return grads if GRAD_REDUCER is None else GRAD_REDUCER(grads)
 
 
 def set_grads(params: list[nn.Parameter], grads: list[torch.Tensor]) -> None:

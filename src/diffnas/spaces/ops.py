@@ -24,6 +24,8 @@ def scaled_bn(bn: nn.BatchNorm2d, y: torch.Tensor, scale: torch.Tensor | None) -
     """
     if scale is None:
         return bn(y)
+    if getattr(bn, "syncs_batch_stats", False):  # --sync-bn (engine.distributed): its own call
+        return bn(y) * scale
     momentum = bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
