@@ -45,6 +45,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        #: metrics records written so far (set by :meth:`begin`; None before): the checkpoint
+        #: keeps it, since an epoch number can repeat (a DARTS-ADA rollback re-runs epochs)
+        self.records: int | None = None
 
     @classmethod
     def open(cls, path: str | Path, resume: bool) -> RunFolder:
@@ -70,11 +73,14 @@ class RunFolder:
         if resume and self.checkpoint.exists():
             state = self.load_checkpoint(cfg)
             start = int(state["epoch"]) + 1
-            history = self.truncate_metrics(start - 1)
+            history = (self.truncate_metrics(start - 1) if "records" not in state  # older runs
+                       else self.truncate_metrics(None, records=int(state["records"])))
+            self.records = len(history)
             self.log(f"resumed at epoch {start} from {self.checkpoint}")
             return state, start, float(state["elapsed"]), history
         self.create(cfg)
         self.metrics.unlink(missing_ok=True)
+        self.records = 0
         return None, 0, 0.0, []
 
     def end_epoch(self, cfg: RunConfig, epoch: int, elapsed: float, record: dict[str, Any],
@@ -82,8 +88,9 @@ class RunFolder:
         """Append the epoch's metrics, then write the checkpoint (in this order: a crash in
         between leaves a metrics line that :meth:`begin` drops on resume)."""
         self.append_metrics(record)
+        counted = {"records": self.records} if self.records is not None else {}
         self.save_checkpoint({"epoch": epoch, "elapsed": elapsed,
-                              "config": json.dumps(cfg.to_dict()), **state})
+                              "config": json.dumps(cfg.to_dict()), **counted, **state})
 
     # -- files ---------------------------------------------------------------------------------
     @property
@@ -105,6 +112,8 @@ class RunFolder:
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.metrics, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.records is not None:
+            self.records += 1
 
     def read_metrics(self, up_to_epoch: int | None = None) -> list[dict[str, Any]]:
         """The epoch records, up to ``up_to_epoch``; a last line cut short by a crash is skipped
@@ -126,9 +135,13 @@ class RunFolder:
                 out.append(rec)
         return out
 
-    def truncate_metrics(self, up_to_epoch: int) -> list[dict[str, Any]]:
-        """Drop lines written after the checkpoint (a crash between the two writes)."""
-        keep = self.read_metrics(up_to_epoch)
+    def truncate_metrics(self, up_to_epoch: int | None, records: int | None = None
+                         ) -> list[dict[str, Any]]:
+        """Drop lines written after the checkpoint (a crash between the two writes): keep the
+        first ``records`` records, or (checkpoints without that count) those up to
+        ``up_to_epoch``."""
+        keep = self.read_metrics(up_to_epoch) if records is None else \
+            self.read_metrics()[:records]
         atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in keep))
         return keep
 
