@@ -135,6 +135,8 @@ def _network(args: argparse.Namespace, spec: str) -> tuple[Any, Any]:
     from .spaces import parse_genotype
 
     genotype = parse_genotype(spec)
+    if genotype.space == "mbconv" and not (args.dataset or args.input_size):
+        args.imagenet = True  # a mobile network: ImageNet's 224² and 1000 classes by default
     chans, size, classes = _shape(args)
     net = build_network(genotype, imagenet=_imagenet(args), channels=args.channels,
                         layers=args.layers, num_classes=classes, in_channels=chans,

@@ -86,6 +86,7 @@ def build_search(cfg: SearchConfig, in_channels: int, image_size: int, num_class
     torch.manual_seed(cfg.seed + stage)
     method_cls = get_method(cfg.method)
     net = build_supernet(cfg.space, cfg.channels, cfg.layers, num_classes, in_channels,
+                         image_size=image_size,
                          **{**method_cls.supernet_options(cfg),
                             **(spec or {}).get("supernet", {})}).to(device)
     mean, std = stats if stats is not None else (None, None)

@@ -401,7 +401,7 @@ class CDARTS(SearchMethod):
         o = self.opts
         in_ch, size = self.input_shape
         try:
-            net = build_network(genotype, imagenet=isinstance(self.net, DartsImageNetSupernet),
+            net = build_network(genotype, imagenet=getattr(self.net, "imagenet_stem", False),
                                 channels=int(o["e_channels"]) or self.net.channels,
                                 layers=int(o["e_layers"]) or None, num_classes=self.num_classes,
                                 in_channels=in_ch, input_size=size, auxiliary=False)

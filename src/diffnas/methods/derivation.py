@@ -16,6 +16,8 @@ NAS-Bench-201 an edge whose strongest op is under the threshold becomes ``none``
 leaves no path from the cell's input to its output: then the cell is ``argmax``'s too (a cell
 that outputs zeros is no architecture; a short search of σ(α) from 0.5 leaves every op under
 0.85).
+In the mbconv chain (one op per layer, no ``none``) the genotype is ``argmax``'s, as in the
+DARTS space, and the layers under the threshold are counted in ``below_threshold``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import DiffnasError
-from ..spaces import Genotype, NB201Genotype
+from ..spaces import Genotype, MBConvGenotype, NB201Genotype
 from ..spaces.nb201 import connected
 from .parts import Derivation, register_part
 
@@ -84,7 +86,7 @@ class Threshold(Derivation):
 def genotype_edges(genotype: Genotype, kind: str,
                    edges: list[tuple[int, int]]) -> list[tuple[str, int]]:
     """``(op, edge index)`` of every non-``none`` edge the genotype keeps in cell kind ``kind``."""
-    if isinstance(genotype, NB201Genotype):
+    if isinstance(genotype, NB201Genotype | MBConvGenotype):  # one op per edge
         return [(op, e) for e, op in enumerate(genotype.ops) if op != "none"]
     where = {pair: e for e, pair in enumerate(edges)}
     return [(op, where[(src, 2 + i // 2)]) for i, (op, src) in enumerate(getattr(genotype, kind))]

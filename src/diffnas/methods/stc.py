@@ -85,7 +85,7 @@ import torch.nn.functional as F
 from ..config import SearchConfig, register_preset
 from ..errors import DiffnasError
 from ..objectives import Batch, LossOutput, Objective
-from ..spaces import DartsGenotype, Genotype, NB201Genotype, Supernet
+from ..spaces import DartsGenotype, Genotype, MBConvGenotype, NB201Genotype, Supernet
 from ..spaces.base import EdgeWeights
 from .base import SearchMethod
 
@@ -113,6 +113,8 @@ def subcell(net: Supernet, genotype: Genotype) -> SubCell:
                             for i, (op, src) in enumerate(getattr(genotype, kind))}
     elif isinstance(genotype, NB201Genotype):
         chosen["cell"] = {e: net.op_names.index(op) for e, op in enumerate(genotype.ops)}
+    elif isinstance(genotype, MBConvGenotype):  # one layer per edge of the chain
+        chosen["layer"] = {e: net.op_names.index(op) for e, op in enumerate(genotype.ops)}
     else:  # pragma: no cover - every space's genotype is handled above
         raise TypeError(f"no sub-cell rule for {type(genotype).__name__}")
     device = next(iter(net.alphas.values())).device

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..spaces.darts import DartsGenotype
+from ..spaces.mbconv import MBConvGenotype
 from ..spaces.nb201 import NB201Genotype
 from .darts_net import (
     AuxiliaryHead,
@@ -30,29 +31,39 @@ from .darts_net import (
     load_shared,
     shared_parameters,
 )
+from .mbconv_net import MBConvNetwork
 from .nb201_net import NB201Cell, NB201Network
 from .registry import REGISTRY, Published, get, lookup
 
-__all__ = ["REGISTRY", "AuxiliaryHead", "DartsNetwork", "FixedCell", "NB201Cell", "NB201Network",
+__all__ = ["REGISTRY", "AuxiliaryHead", "DartsNetwork", "FixedCell", "MBConvNetwork", "NB201Cell",
+           "NB201Network",
            "NetCost", "NetworkCIFAR", "NetworkImageNet", "Published", "build_network",
            "count_cost", "count_madds", "count_ops", "drop_path", "get", "load_shared", "lookup",
            "shared_parameters"]
 
 # default (channels, layers) of each skeleton
-DEFAULTS = {"cifar": (36, 20), "imagenet": (48, 14), "nb201": (16, 5)}
+DEFAULTS = {"cifar": (36, 20), "imagenet": (48, 14), "nb201": (16, 5), "mbconv": (32, None)}
 
 
-def build_network(genotype: DartsGenotype | NB201Genotype, *, imagenet: bool = False,
+def build_network(genotype: DartsGenotype | NB201Genotype | MBConvGenotype, *,
+                  imagenet: bool = False,
                   channels: int | None = None, layers: int | None = None,
                   num_classes: int | None = None, in_channels: int = 3,
                   input_size: int | None = None, auxiliary: bool = True) -> nn.Module:
     """The evaluation network of ``genotype`` (``None`` arguments take the paper defaults:
     CIFAR 36 channels × 20 cells at 32×32, ImageNet 48 × 14 at 224×224 with 1000 classes,
-    NAS-Bench-201 16 × 5 at 32×32)."""
+    NAS-Bench-201 16 × 5 at 32×32, with ``imagenet`` its ImageNet stem at 224×224; mbconv: a
+    32-channel stem, its depth from the genotype (``layers`` and ``auxiliary`` do not apply),
+    224×224 with 1000 classes with ``imagenet``, else 32×32 and 10)."""
+    if isinstance(genotype, MBConvGenotype):
+        return MBConvNetwork(genotype, channels or DEFAULTS["mbconv"][0],
+                             num_classes or (1000 if imagenet else 10), in_channels,
+                             input_size or (224 if imagenet else 32))
     if isinstance(genotype, NB201Genotype):
         c, n = DEFAULTS["nb201"]
         return NB201Network(genotype, channels or c, layers or n, num_classes or 10,
-                            in_channels, input_size or 32)
+                            in_channels, input_size or (224 if imagenet else 32),
+                            imagenet=imagenet)
     if imagenet:
         c, n = DEFAULTS["imagenet"]
         return NetworkImageNet(genotype, channels or c, layers or n, num_classes or 1000,
@@ -98,7 +109,7 @@ class _ElementOps(TorchDispatchMode):
     an operation per ReLU output element, per BN input element (two when BN is affine) and
     per pooling input element (global pooling included)."""
 
-    RELU = {"relu", "relu_"}
+    RELU = {"relu", "relu_", "hardtanh", "hardtanh_"}  # ReLU6 dispatches as hardtanh
     BN = {"_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
           "native_batch_norm", "cudnn_batch_norm"}
     POOL = {"max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "adaptive_avg_pool2d",

@@ -34,6 +34,7 @@ from torch import nn
 from ..errors import DiffnasError
 from ..spaces.darts import DartsGenotype, reduction_layers
 from ..spaces.ops import FactorizedReduce, Identity, ReLUConvBN, darts_op, drop_path
+from ..spaces.stems import imagenet_stem0, imagenet_stem1
 
 
 class FixedCell(nn.Module):
@@ -256,15 +257,8 @@ class NetworkImageNet(DartsNetwork):
         reductions = reduction_layers(layers)
         _check_size("ImageNet-style", input_size, 3 + len(reductions),
                     f"3 stride-2 stem convolutions and {len(reductions)} reduction cells")
-        self.stem0 = nn.Sequential(
-            nn.Conv2d(in_channels, channels // 2, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(channels // 2), nn.ReLU(),
-            nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(channels))
-        self.stem1 = nn.Sequential(nn.ReLU(),
-                                   nn.Conv2d(channels, channels, 3, stride=2, padding=1,
-                                             bias=False),
-                                   nn.BatchNorm2d(channels))
+        self.stem0 = imagenet_stem0(in_channels, channels)  # diffnas.spaces.stems, shared
+        self.stem1 = imagenet_stem1(channels)
         c_out = self._build_cells(genotype, channels, layers, channels, channels, True,
                                   reductions)
         n_red_to_aux = sum(r <= self.aux_index for r in reductions)

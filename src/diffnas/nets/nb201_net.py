@@ -3,10 +3,12 @@
 Same skeleton as the search network of :mod:`diffnas.spaces.nb201` — 3×3 conv stem (C
 channels), N cells, residual reduction block, N cells (2C), residual reduction, N cells (4C),
 BN-ReLU, global average pooling, linear — with affine BN everywhere (as in the benchmark's
-training). Each cell computes only the ops of its genotype; ``none`` edges are omitted.
-The op on edge ``i → j`` of block ``b`` is the module ``blocks.{b}.edges.{i}~{j}_{op}``, so two
-networks of different genotypes share the names of their common (edge, op) pairs, and an edge
-whose op changed shares nothing (not even a BN of the same shape).
+training). With ``imagenet=True`` the stem is the ImageNet one of :mod:`diffnas.spaces.stems`
+(224 → 28), as in the ``nb201-imagenet`` search space. Each cell computes only the ops of
+its genotype; ``none`` edges are omitted. The op on edge ``i → j`` of block ``b`` is the
+module ``blocks.{b}.edges.{i}~{j}_{op}``, so two networks of different genotypes share the
+names of their common (edge, op) pairs, and an edge whose op changed shares nothing (not even
+a BN of the same shape).
 """
 
 from __future__ import annotations
@@ -48,18 +50,22 @@ class NB201Network(NB201Skeleton):
     """NAS-Bench-201's evaluation network (defaults: C=16, N=5 cells per stage, 10 classes)."""
 
     def __init__(self, genotype: NB201Genotype, channels: int = 16, layers: int = 5,
-                 num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> None:
+                 num_classes: int = 10, in_channels: int = 3, input_size: int = 32,
+                 imagenet: bool = False) -> None:
         super().__init__()
+        self.imagenet_stem = bool(imagenet)  # the ImageNet stem (224 → 28), diffnas.spaces.stems
         if not isinstance(genotype, NB201Genotype):
             raise DiffnasError(f"a NAS-Bench-201 network needs a NAS-Bench-201 genotype, got a "
                                f"{getattr(genotype, 'space', type(genotype).__name__)} one")
         if channels < 1 or layers < 1 or num_classes < 1 or in_channels < 1:
             raise DiffnasError(f"channels, layers, classes and input channels must be positive, "
                                f"got {channels}, {layers}, {num_classes}, {in_channels}")
-        if input_size < 4:
+        need = 32 if imagenet else 4
+        if input_size < need:
+            stem = " and the 3 stride-2 convolutions of its ImageNet stem" if imagenet else ""
             raise DiffnasError(f"image size {input_size} is too small for a NAS-Bench-201 "
-                               "network: its 2 residual reduction blocks halve the feature map "
-                               "twice, so the input must be at least 4×4")
+                               f"network: its 2 residual reduction blocks{stem} halve the "
+                               f"feature map, so the input must be at least {need}×{need}")
         self.genotype = genotype
         self.num_classes, self.in_channels, self.input_size = num_classes, in_channels, input_size
         self._build_skeleton(in_channels, channels, layers, num_classes,

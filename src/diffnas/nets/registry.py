@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 
 from ..errors import unknown
 from ..spaces.darts import DartsGenotype
+from ..spaces.mbconv import MBConvGenotype
 from ..spaces.nb201 import NB201Genotype
 
-Genotype = DartsGenotype | NB201Genotype
+Genotype = DartsGenotype | NB201Genotype | MBConvGenotype
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,21 @@ register(Published(
     "(commit 94a149b)",
     "cifar10"))
 
+register(Published(
+    "PROXYLESSNAS_MOBILE",
+    MBConvGenotype.parse(
+        "mbconv:k5_e3,k3_e3,skip_connect,skip_connect/k7_e3,k3_e3,k5_e3,k5_e3/"
+        "k7_e6,k5_e3,k5_e3,k5_e3/k5_e6,k5_e3,k5_e3,k5_e3/k7_e6,k7_e6,k7_e3,k7_e3/k7_e6"
+        ";widths=32,40,80,96,192,320"),
+    "Cai, Zhu & Han, ProxylessNAS, ICLR 2019 (Fig. 4, the mobile model); layers, kernels, "
+    "expansions and widths as transcribed from its net.config in osmr/imgclsmob "
+    "pytorch/pytorchcv/models/proxylessnas.py (commit 86c1d36), whose test pins 4,080,512 "
+    "parameters",
+    "imagenet",
+    note="the mbconv space at 224² with 1000 classes reproduces the 4,080,512 parameters "
+         "(320.4 M multiply-adds in convolutions and linear layers); the paper's tables print "
+         "latency, not parameters"))
+
 
 def _key(name: str) -> str:
     return name.strip().upper().replace("-", "_")
@@ -252,7 +268,7 @@ def _key(name: str) -> str:
 
 _ALIASES = {"DARTS": "DARTS_V2", "PC_DARTS": "PC_DARTS_CIFAR", "PCDARTS": "PC_DARTS_CIFAR",
             "P_DARTS": "PDARTS", "CDARTS": "CDARTS_CIFAR", "NB201_BEST": "NB201_OPTIMUM",
-            "NB201_RESNET_LIKE": "NB201_RESNET"}
+            "NB201_RESNET_LIKE": "NB201_RESNET", "PROXYLESS_MOBILE": "PROXYLESSNAS_MOBILE"}
 
 
 def lookup(name: str) -> Published | None:

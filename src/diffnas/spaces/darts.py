@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import DiffnasError
 from .base import EdgeWeights, MixedEdge, Supernet, sum_inputs
 from .ops import PARAMETER_FREE, FactorizedReduce, ReLUConvBN, darts_op
+from .stems import imagenet_stem0, imagenet_stem1
 
 PRIMITIVES: tuple[str, ...] = (
     "none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
@@ -343,6 +344,7 @@ class DartsImageNetSupernet(DartsSupernet):
     ``s0`` through a factorized reduction). Any number of cells, reductions at 1/3 and 2/3."""
 
     space = "darts-imagenet"
+    imagenet_stem = True  # evaluation networks of its genotypes: build_network(imagenet=True)
 
     def __init__(self, channels: int = 16, layers: int = 8, num_classes: int = 1000,
                  in_channels: int = 3, op_names: Sequence[str] = PRIMITIVES,
@@ -354,14 +356,8 @@ class DartsImageNetSupernet(DartsSupernet):
         super().__init__(channels, layers, num_classes, in_channels, op_names, stem_multiplier=1,
                          **kwargs)
         del self.stem
-        self.stem0 = nn.Sequential(
-            nn.Conv2d(in_channels, channels // 2, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(channels // 2), nn.ReLU(),
-            nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(channels))
-        self.stem1 = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(channels))
+        self.stem0 = imagenet_stem0(in_channels, channels)  # diffnas.spaces.stems, shared
+        self.stem1 = imagenet_stem1(channels)
         self.cells[0].pre0 = FactorizedReduce(channels, channels, affine=False)  # s0 at 56×56
         self._channels_last()
 

@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import DiffnasError
 from .base import EdgeWeights, MixedEdge, Supernet, sum_inputs
 from .ops import PARAMETER_FREE, ReLUConvBN, nb201_op
+from .stems import STEM_REDUCTIONS, ImageNetStem
 
 OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 N_NODES = 4
@@ -163,11 +164,16 @@ class NB201Skeleton(nn.Module):
     reduction block, N cells (2C), residual reduction, N cells (4C), BN-ReLU, global average
     pooling, linear (Dong & Yang, ICLR 2020, §2.1 and Fig. 1)."""
 
+    #: the ImageNet stem of :mod:`diffnas.spaces.stems` (224 → 28) instead of the 3×3 conv
+    imagenet_stem = False
+
     def _build_skeleton(self, in_channels: int, channels: int, layers: int, num_classes: int,
                         make_cell: Callable[[int], nn.Module], affine: bool) -> None:
         self.channels, self.layers = channels, layers
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(channels))
+        self.stem: nn.Module = (
+            ImageNetStem(in_channels, channels) if self.imagenet_stem
+            else nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+                               nn.BatchNorm2d(channels)))
         blocks: list[nn.Module] = []
         c = channels
         for stage in range(3):
@@ -232,7 +238,7 @@ class NB201Supernet(NB201Skeleton, Supernet):
 
     @property
     def feature_stride(self) -> int:
-        return 4
+        return 4 * (2 ** STEM_REDUCTIONS if self.imagenet_stem else 1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_stages(x)[-1]
@@ -246,3 +252,18 @@ class NB201Supernet(NB201Skeleton, Supernet):
         """Derive from the method's op weights (× the β-weights with edge normalisation, which
         cannot change a per-edge argmax: every edge of a NAS-Bench-201 cell is kept)."""
         return derive_cell(self.edge_strengths(weights)["cell"], self.op_names)
+
+
+class NB201ImageNetSupernet(NB201Supernet):
+    """The NAS-Bench-201 search network with the ImageNet stem (``nb201-imagenet``): the three
+    stride-2 convolutions of :mod:`diffnas.spaces.stems` take 224×224 to 28×28, then the
+    three stages of N cells run at 28, 14 and 7 (the DARTS mobile setting's shapes), so a
+    search on an ImageNet-style folder runs at the paper's resolution. ``channels`` (C, even)
+    is the stem's output and the first stage's width. The genotype is a NAS-Bench-201 one; its
+    network with the same stem is ``build_network(genotype, imagenet=True)``.
+
+    Deviation: NAS-Bench-201 has no 224² setting (its ImageNet16-120 is 16×16 through the 3×3
+    stem); this stem is DARTS', as for ``darts-imagenet``."""
+
+    space = "nb201-imagenet"
+    imagenet_stem = True
