@@ -16,7 +16,7 @@ DEFAULT_PRESET = "cpu"
 # Modules that add subcommands: each has ``register(subparsers)`` which adds its parser(s)
 # with ``set_defaults(func=...)``; the function takes the parsed args and returns an exit code.
 EXTRA_COMMANDS: tuple[str, ...] = ("diffnas.cli_bench", "diffnas.cli_eval", "diffnas.cli_semantic",
-                                   "diffnas.cli_plot")
+                                   "diffnas.cli_plot", "diffnas.cli_latency")
 
 
 def _kv(items: list[str] | None, flag: str) -> dict[str, str]:
@@ -64,6 +64,36 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                    help="fixed validation batches of --hessian-every (default 1)")
     p.add_argument("--obj-opt", action="append", metavar="KEY=VALUE",
                    help="objective option (repeatable), e.g. --obj-opt mask_ratio=0.6")
+
+
+def _add_latency_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--latency", metavar="TABLE.json",
+                   help="add the expected latency from this table (`diffnas latency`) to the α "
+                        "loss (needs --lat-target)")
+    p.add_argument("--lat-target", type=float, metavar="MS",
+                   help="latency to aim for, in milliseconds (the table's runtime and batch)")
+    p.add_argument("--lat-weight", type=float, metavar="λ", help="weight of the term (default 1)")
+    p.add_argument("--lat-form", choices=("log", "hinge"),
+                   help="λ·log(E/target) (default) or λ·max(0, E/target − 1)")
+    p.add_argument("--lat-estimate", choices=("expected", "derived"),
+                   help="the latency the loss sees: E[lat] under the op weights (default) or "
+                        "the derived genotype's, with E[lat]'s gradient")
+
+
+def _latency_flags(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``latency`` config entry from the search's latency flags (None: none given); the
+    table's sha256 is recorded so a resumed search sees the same table."""
+    given = {k: getattr(args, a, None) for k, a in
+             (("table", "latency"), ("target_ms", "lat_target"), ("weight", "lat_weight"),
+              ("form", "lat_form"), ("estimate", "lat_estimate"))}
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return None
+    if "table" in given and Path(given["table"]).is_file():
+        from .objectives.latency import file_sha256
+
+        given["sha256"] = file_sha256(given["table"])
+    return given
 
 
 def read_config_file(path: str, cls: Any) -> dict[str, Any]:
@@ -115,7 +145,8 @@ def with_config_file(path: str | None, cls: Any, preset: str | None, default_pre
         if v is None:
             continue
         values[k] = ({**values.get(k, {}), **v}
-                     if k in ("method_args", "objective_args") and isinstance(v, dict) else v)
+                     if k in ("method_args", "objective_args", "latency") and isinstance(v, dict)
+                     else v)
     return preset, values
 
 
@@ -130,7 +161,8 @@ def _config(args: argparse.Namespace) -> Any:
                  device=args.device, select=args.select, sync_bn=args.sync_bn,
                  hessian_every=args.hessian_every, hessian_batches=args.hessian_batches,
                  method_args=_kv(args.opt, "--opt") or None,
-                 objective_args=_kv(args.obj_opt, "--obj-opt") or None)
+                 objective_args=_kv(args.obj_opt, "--obj-opt") or None,
+                 latency=_latency_flags(args))
     preset, values = with_config_file(getattr(args, "config", None), SearchConfig, args.preset,
                                       DEFAULT_PRESET, flags)
     return resolve_config(preset, **values)
@@ -225,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="run an architecture search")
     _add_search_options(p)
+    _add_latency_options(p)
     p.add_argument("--out", help="run folder (default: runs/<method>-<space>-<dataset>-seed<N>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint")

@@ -60,6 +60,11 @@ class Objective(nn.Module):
         beside the clean ``val_acc``/``val_loss``); none by default."""
         return {}
 
+    def epoch_metrics(self) -> dict[str, Any]:
+        """Entries for each search epoch's metrics record and result.json (the latency term's
+        ``e_latency_ms``); none by default."""
+        return {}
+
     def forward(self, model: nn.Module, batch: Batch) -> LossOutput:
         logits = model(batch.x)
         loss = F.cross_entropy(logits, batch.y)
