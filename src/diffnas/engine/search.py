@@ -389,7 +389,9 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
                                                 "select_epoch": k, **info})
     finally:
         bar.close()
-    if method.stopped is not None:
+    if selection is not None:  # the selection's genotype (an early stop's is in result.json)
+        genotype = method.derive()
+    elif method.stopped is not None:
         genotype = genotype_from_dict(method.stopped["genotype"])
     last = result_line(genotype, method.stopped)
     if last:

@@ -12,7 +12,11 @@ least ``es_start_epoch`` = 10, the search
 
 * ``es_mode=stop`` (``darts-es``, the reference's ``--early_stop 1``): stops, and its result is
   the genotype of the stop epoch: the epoch of the earlier average minus K·δ (the current
-  epoch − K·(⌊window/2⌋ + δ), 12 epochs back with the defaults);
+  epoch − K·(⌊window/2⌋ + δ), 12 epochs back with the defaults). With a selection after the
+  search (``--select pt``) the part keeps the states of the epochs a stop can reach, as ADA
+  does, and restores the stop epoch's (weights, α, optimisers) before stopping, so the
+  selection perturbs the supernet whose α gave that genotype: §5.1 returns "the architecture"
+  of the stop epoch, and PT reads an architecture from a supernet, not from α;
 * ``es_mode=ada`` (``darts-ada``, ``--early_stop 3`` of ``scripts/DARTS-ADA_search.sh``):
   rolls back to the end of the stop epoch (every state of that epoch: weights, optimisers,
   α, the eigenvalue history), multiplies the weights' L2 weight decay by ``ada_mul_factor``
@@ -25,6 +29,9 @@ Deviations (one line each):
   states of the epochs a rollback can reach (every K-th, at most ⌊window/2⌋ + δ + 1 of them)
   in its own state, so they are in the run's checkpoint and a resumed run rolls back alike.
 * ``--extra_rollback_epochs`` (0 in the reference scripts) is not offered.
+* ``darts-es --select pt`` has no reference (RobustDARTS has no selection phase; its
+  ``--early_stop 1`` returns the stop genotype, the weights stay those of the current epoch);
+  we restore the stop epoch's state for the selection, as above.
 * The reference also skips the stop of ``--early_stop 1`` when wd is at its maximum (never with
   its defaults 3e-4 and 0.0243); ``es_mode=stop`` always stops.
 * After a rollback the reference re-runs its data loaders with fresh randomness; here the
@@ -147,7 +154,7 @@ class HessianEarlyStop(Part):
         out: dict[str, Any] = {"hessian_eig_local_avg": (self.tracker.local_avg[-1]
                                                          if self.tracker.local_avg else None)}
         ada = self.opts["es_mode"] == "ada"
-        if ada:
+        if ada or m.cfg.select is not None:  # a rollback, or a selection on the stop epoch's net
             self._snapshot(epoch)
         if epoch == m.cfg.epochs - 1:
             return out
@@ -156,10 +163,15 @@ class HessianEarlyStop(Part):
         if stop is None or (ada and self.final_iteration()):
             return out
         if not ada:
+            then = "the genotype"
+            if m.cfg.select is not None:  # the selection runs on the supernet of the stop epoch
+                self._restore(stop, tracker=False)
+                self.snapshots = {}
+                then = f"--select {m.cfg.select} on the supernet"
             m.stop_early(stop, self.tracker.genotypes[stop],
                          f"RobustDARTS early stop: the local average of the Hessian's dominant "
                          f"eigenvalue grew by more than {self.opts['es_factor']}× "
-                         f"(at epoch {epoch + 1}); result: the genotype of epoch {stop + 1}")
+                         f"(at epoch {epoch + 1}); result: {then} of epoch {stop + 1}")
             return out
         wd = self.weight_decay * float(self.opts["ada_mul_factor"])
         self._restore(stop)  # (the optimiser's state too, with its old weight decay)
@@ -187,13 +199,14 @@ class HessianEarlyStop(Part):
         state.get("parts", {}).pop(f"{self.slot}={self.name}", None)  # not this part's history
         return state
 
-    def _restore(self, epoch: int) -> None:
+    def _restore(self, epoch: int, tracker: bool = True) -> None:
         snap = copy.deepcopy(self.snapshots[epoch])
         m = self.method
         m.net.load_state_dict(snap["model"])
         m.objective.load_state_dict(snap["objective"])
         m.load_state_dict(snap["method"])
-        self.tracker.load_state_dict(snap["tracker"])
+        if tracker:
+            self.tracker.load_state_dict(snap["tracker"])
         self.snapshots = {e: s for e, s in self.snapshots.items() if e <= epoch}
 
     def state_dict(self) -> dict[str, Any]:
