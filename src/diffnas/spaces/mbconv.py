@@ -36,8 +36,9 @@ it follows this ProxylessNAS space; its own stage table was not reachable to che
 
 The ``SearchConfig`` knobs: ``channels`` is the stem width (32 in the paper); every width is
 scaled by ``channels / 32`` and rounded with ProxylessNAS' ``make_divisible(w · m, 8)`` (its
-``--width_mult``; the 1280-channel head is only scaled for m > 1, as there), so ``channels``
-must be a positive multiple of 8. ``layers`` caps the depth of every stage
+``--width_mult``; the 1280-channel head is only scaled for m > 1, as there); the stem itself
+is ``channels`` wide. Every other width is at least 8, so below ``channels = 8`` only the stem
+narrows (the tiny test configs). ``layers`` caps the depth of every stage
 (``min(depth, layers)``; 4 or more: the paper's 4, 4, 4, 4, 4, 1).
 
 Small inputs: the stride rule. At 224² five stride-2 convolutions take the map to 7×7. For an
@@ -153,10 +154,9 @@ class StageTable:
 
     @classmethod
     def build(cls, channels: int, widths: Sequence[int], image_size: int) -> StageTable:
-        if channels < 8 or channels % 8:
+        if channels < 1:
             raise DiffnasError(f"the mbconv space's channels (the stem width, 32 in "
-                               f"ProxylessNAS) must be a positive multiple of 8: its widths "
-                               f"are rounded to multiples of 8 (make_divisible); got {channels}")
+                               f"ProxylessNAS) must be positive, got {channels}")
         m = channels / STEM
         stem_stride, strides = strides_for(image_size)
         return cls(stem=channels, first=make_divisible(FIRST * m),
