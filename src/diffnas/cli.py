@@ -34,7 +34,8 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                    help=f"named configuration (default: {DEFAULT_PRESET}); "
                         "`diffnas list` shows all")
     p.add_argument("--method", help="search method (default: darts)")
-    p.add_argument("--space", help="search space: darts or nb201")
+    p.add_argument("--space", help="search space: darts, nb201, mbconv (ProxylessNAS chain), "
+                                   "darts-imagenet or nb201-imagenet (224→28 ImageNet stem)")
     p.add_argument("--objective", help="search objective (default: ce)")
     p.add_argument("--dataset", help="fashion-mnist, cifar10, cifar100, digits or folder:PATH")
     p.add_argument("--data-dir", help="where dataset files are (also $DIFFNAS_DATA)")
@@ -46,7 +47,8 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--channels", type=int, help="initial channels of the supernet")
     p.add_argument("--layers", type=int,
-                   help="cells (DARTS space) or cells per stage (NAS-Bench-201 space)")
+                   help="cells (DARTS space), cells per stage (NAS-Bench-201 space) or the "
+                        "cap on layers per stage (mbconv: 4 = ProxylessNAS)")
     p.add_argument("--order", type=int, choices=(1, 2), help="DARTS order (1 or 2)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda[:N] or auto")
