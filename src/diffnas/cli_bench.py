@@ -83,6 +83,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .cli import _kv
     from .engine.experiment import ExperimentSpec, load_spec, plan, report, run_experiment
 
     grid_args = (args.methods, args.seeds, args.presets, args.spaces, args.datasets, args.set,
@@ -97,13 +98,18 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         spec.device = args.device or spec.device
         spec.threads = args.threads or spec.threads
         spec.jobs = args.jobs or spec.jobs
+        spec.launcher = args.launcher or spec.launcher
+        spec.launcher_opts = {**spec.launcher_opts,
+                              **_kv(args.launcher_opt, "--launcher-opt")}
     else:
         spec = ExperimentSpec(
             methods=args.methods or ["darts"], seeds=args.seeds or [0, 1, 2],
             presets=args.presets or ["nb201-cpu"], spaces=args.spaces or [None],
             datasets=args.datasets or [None], overrides=_kv_values(args.set, "--set"),
             retrain=args.retrain, retrain_overrides=_kv_values(args.retrain_set, "--retrain-set"),
-            device=args.device or "auto", threads=args.threads, jobs=args.jobs or 1)
+            device=args.device or "auto", threads=args.threads, jobs=args.jobs or 1,
+            launcher=args.launcher or "machine",
+            launcher_opts=_kv(args.launcher_opt, "--launcher-opt"))
     res = run_experiment(spec, args.out, isolate=not args.in_process,
                          progress=not args.no_progress)
     print()
@@ -199,6 +205,16 @@ def register(sub: Any) -> None:
                         "the grid uses jobs × T cores (default T: cores / jobs)")
     p.add_argument("--in-process", action="store_true",
                    help="run searches in this process (faster start; shared peak memory)")
+    p.add_argument("--launcher", choices=("machine", "submitit"),
+                   help="machine (default): the runs on this machine, --jobs at once; "
+                        "submitit: every run its own submitit job — Slurm when its srun is on "
+                        "PATH, else submitit's LocalExecutor on this machine — with OUT on "
+                        "storage every node sees; this process waits and then writes the "
+                        "summary (needs pip install 'diffnas[cluster]')")
+    from .engine.cluster import options_help
+
+    p.add_argument("--launcher-opt", action="append", metavar="KEY=VALUE",
+                   help=f"submitit job option, repeatable: {options_help()}")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--report-only", action="store_true",
                    help="only rebuild the results and tables from the run folders")

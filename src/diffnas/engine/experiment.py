@@ -15,7 +15,8 @@ interrupted one continues from its checkpoint (the search's own resume), a faile
 By default each run is its own process, so a crash cannot take the grid down and peak memory
 is measured per run; ``jobs`` of them run at once. Before the first run starts every run's
 supernet, objective and method are built once (:func:`check_runs`), so a bad option stops the
-grid at once instead of after hours.
+grid at once instead of after hours. ``launcher="submitit"`` runs each cell as its own submitit
+job instead (Slurm, or submitit's local executor; :mod:`diffnas.engine.cluster`).
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ class ExperimentSpec:
     device: str = "auto"
     threads: int | None = None    # torch threads per run (None: see run_threads)
     jobs: int = 1                 # runs at once, each in its own process
+    launcher: str = "machine"     # machine (this one) | submitit (a job per run; engine.cluster)
+    launcher_opts: dict[str, Any] = field(default_factory=dict)   # --launcher-opt KEY=VALUE
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -410,7 +413,17 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, isolate: bool = Tru
     out = Path(out)
     if spec.jobs < 1:
         raise DiffnasError(f"jobs must be at least 1, got {spec.jobs}")
-    if spec.jobs > 1 and not isolate:
+    from .cluster import check_launcher
+
+    spec.launcher_opts = check_launcher(spec.launcher, spec.launcher_opts)
+    if spec.launcher == "submitit" and not isolate:
+        raise DiffnasError("--in-process does not go with --launcher submitit (every run is its "
+                           "own job); drop one of them")
+    if spec.launcher == "submitit":
+        from .cluster import require_submitit
+
+        require_submitit()  # before anything is written
+    elif spec.jobs > 1 and not isolate:
         raise DiffnasError("several runs at once (jobs > 1) need a process per run; "
                            "drop --in-process or use --jobs 1")
     cells = plan(spec, out)
@@ -429,7 +442,11 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, isolate: bool = Tru
     heads = [f"[{n}/{len(cells)}] {c.setting} {c.method} seed {c.seed}"
              for n, c in enumerate(cells, 1)]
     progress = progress and spec.jobs == 1  # bars of parallel runs would overwrite each other
-    if spec.jobs == 1:
+    if spec.launcher == "submitit":  # a job per run; this process waits for them
+        from .cluster import run_jobs
+
+        run_jobs(spec, cells, heads, out, echo, log)
+    elif spec.jobs == 1:
         for cell, head in zip(cells, heads, strict=True):
             _run_cell(spec, cell, head, isolate, progress, echo, log, threads)
     else:
@@ -808,7 +825,11 @@ def report(out: str | Path, cells: Sequence[Cell], plot: bool = True,
 
         best = float(np.nanmax(np.asarray(table.accuracies, dtype=float)))
         foot += published_notes(published_refs(summary), best)
-    if spec is not None:
+    if spec is not None and spec.launcher == "submitit":
+        from .cluster import describe
+
+        foot.append(describe(spec, out))
+    elif spec is not None:
         foot.append(f"Runs: {spec.jobs} at once (--jobs {spec.jobs}), {run_threads(spec)} "
                     f"torch thread(s) each, device {spec.device}.")
     md = md + "\n" + "\n".join(foot) + "\n"  # a blank line: text right after a table joins it
