@@ -22,7 +22,7 @@ FAST = dict(repeats=3, warmup=1, rounds=1, threads=1)
 
 def hand_table(cfg, ms: dict[str, float], fixed: float = 1.0) -> dict:
     """A table for ``cfg``'s supernet with the latency ``ms[op]`` for op at every shape."""
-    net = supernet_for(cfg, 1, 10)
+    net = supernet_for(cfg, 1, 10, 8)
     edges = record_edges(net, torch.randn(2, 1, 8, 8))
     entries = {}
     for rec in edges:
@@ -33,7 +33,7 @@ def hand_table(cfg, ms: dict[str, float], fixed: float = 1.0) -> dict:
                 continue
             key = entry_key(op, rec["c_in"], rec["h"], rec["w"], rec["stride"], rec["c_in"])
             rec["ops"][op] = key
-            entries[key] = {"op": op, "median_ms": ms[op], "iqr_ms": 0.0}
+            entries[key] = {"op": op, "median_ms": ms[op], "iqr_ms": 0.0, "min_ms": ms[op] / 2}
     return {"format": "diffnas-latency-table", "version": 1, "space": net.space,
             "op_names": list(net.op_names), "kinds": {k: len(net.edge_index[k]) for k in net.kinds},
             "config": {"space": cfg.space, "channels": cfg.channels, "layers": cfg.layers,
@@ -41,7 +41,7 @@ def hand_table(cfg, ms: dict[str, float], fixed: float = 1.0) -> dict:
                        "num_classes": 10},
             "measure": {"runtime": "torch", "device": "cpu", "threads": 1, "batch": 1,
                         "repeats": 3, "warmup": 1},
-            "entries": entries, "edges": edges, "fixed": {"ms": fixed}}
+            "entries": entries, "edges": edges, "fixed": {"ms": fixed, "min_ms": fixed / 2}}
 
 
 NB201_MS = {"skip_connect": 0.01, "nor_conv_1x1": 0.2, "nor_conv_3x3": 1.0, "avg_pool_3x3": 0.05}
@@ -51,7 +51,7 @@ NB201_MS = {"skip_connect": 0.01, "nor_conv_1x1": 0.2, "nor_conv_3x3": 1.0, "avg
 def test_table_has_a_positive_entry_for_every_op_and_shape(tiny_cfg, space):
     cfg = tiny_cfg(space=space, layers=1 if space == "nb201" else 3, image_size=8)
     table = build_table(cfg, **FAST)
-    net = supernet_for(cfg, 1, 10)
+    net = supernet_for(cfg, 1, 10, 8)
     cells = net.search_cells()
     assert len(table["edges"]) == sum(len(c.edges) for _, c in cells) == len(net.mixed_edges())
     shapes = set()
@@ -91,13 +91,14 @@ def test_onnxruntime_times_an_exported_op(tmp_path):
 
 def test_prediction_is_fixed_plus_ops_and_monotone(tiny_cfg):
     cfg = tiny_cfg(space="nb201", layers=1, image_size=8)
-    net = supernet_for(cfg, 1, 10)
+    net = supernet_for(cfg, 1, 10, 8)
     data = hand_table(cfg, NB201_MS, fixed=2.0)
     g = NB201Genotype(("nor_conv_3x3", "skip_connect", "none", "avg_pool_3x3", "nor_conv_1x1",
                        "nor_conv_3x3"))
     cells = len(net.search_cells())
     base = LatencyTable(data, "t").predict(net, g)
     assert base == pytest.approx(2.0 + cells * (1.0 + 0.01 + 0.05 + 0.2 + 1.0))
+    assert LatencyTable(data, "t").predict(net, g, "min_ms") == pytest.approx(base / 2)
     for op in NB201_MS:  # raising any op's entries never lowers the prediction
         bumped = copy.deepcopy(data)
         for e in bumped["entries"].values():
@@ -107,7 +108,7 @@ def test_prediction_is_fixed_plus_ops_and_monotone(tiny_cfg):
         assert LatencyTable(bumped, "t").predict(net, g) == pytest.approx(base + 0.5 * uses)
     # a DARTS genotype counts its 8 ops per cell (and never `none`)
     dcfg = tiny_cfg(space="darts", layers=2, image_size=8)
-    dnet = supernet_for(dcfg, 1, 10)
+    dnet = supernet_for(dcfg, 1, 10, 8)
     dms = {op: 1.0 for op in dnet.op_names}
     dg = parse_genotype("DARTS_V2")
     assert LatencyTable(hand_table(dcfg, dms, 0.0), "t").predict(dnet, dg) == 8 * 2
@@ -117,7 +118,7 @@ def test_genotype_map_by_derivation_for_other_spaces(tiny_cfg, monkeypatch):
     import diffnas.methods.stc as stc
 
     cfg = tiny_cfg(space="nb201", layers=1)
-    net = supernet_for(cfg, 1, 10)
+    net = supernet_for(cfg, 1, 10, 8)
     g = NB201Genotype(("nor_conv_3x3", "skip_connect", "none", "avg_pool_3x3", "nor_conv_1x1",
                        "nor_conv_3x3"))
     by_rule = genotype_ops(net, g)
@@ -135,7 +136,8 @@ def test_gradient_pushes_alpha_to_cheaper_ops(tiny_cfg, tmp_path, form):
     cfg = tiny_cfg(space="nb201", layers=1, image_size=8)
     path = tmp_path / "t.json"
     path.write_text(json.dumps(hand_table(cfg, NB201_MS)))
-    cfg = cfg.replace(latency={"table": str(path), "target_ms": 0.5, "form": form})
+    cfg = cfg.replace(latency={"table": str(path), "target_ms": 0.5, "form": form,
+                               "stat": "min" if form == "hinge" else "median"})
     net, objective, method = build_search(cfg, 1, 8, 10, 4, torch.device("cpu"))
     term = objective.arch_terms[0]
     alpha = net.alphas["cell"]
@@ -214,7 +216,7 @@ def test_search_logs_latency_and_resumes_exactly(tiny_cfg, tmp_path, interrupted
     resumed = search(cfg, out=tmp_path / "resumed", resume=True, progress=False)
     assert resumed.genotype == straight.genotype
     assert_same_run(tmp_path / "straight", tmp_path / "resumed")
-    path.write_text(path.read_text().replace('"fixed": {"ms": 1.0}', '"fixed": {"ms": 2.0}'))
+    path.write_text(path.read_text().replace('"fixed": {"ms": 1.0', '"fixed": {"ms": 2.0'))
     with pytest.raises(DiffnasError, match="changed since this run started"):
         search(cfg, out=tmp_path / "resumed", resume=True, progress=False)
 
@@ -269,4 +271,4 @@ def test_cli_latency_table_and_prediction(tmp_path, capsys):
     assert table.fixed_ms == pytest.approx(table.data["fixed"]["reference_measured_ms"]
                                            - table.data["fixed"]["reference_ops_ms"])
     with pytest.raises(DiffnasError):
-        LatencyTerm(table, supernet_for(table.search_config(), 1, 10), 0.0)
+        LatencyTerm(table, supernet_for(table.search_config(), 1, 10, 8), 0.0)

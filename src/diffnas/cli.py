@@ -80,6 +80,8 @@ def _add_latency_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lat-estimate", choices=("expected", "derived"),
                    help="the latency the loss sees: E[lat] under the op weights (default) or "
                         "the derived genotype's, with E[lat]'s gradient")
+    p.add_argument("--lat-stat", choices=("median", "min"),
+                   help="table statistic: each entry's median (default) or fastest run")
 
 
 def _latency_flags(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -87,7 +89,7 @@ def _latency_flags(args: argparse.Namespace) -> dict[str, Any] | None:
     table's sha256 is recorded so a resumed search sees the same table."""
     given = {k: getattr(args, a, None) for k, a in
              (("table", "latency"), ("target_ms", "lat_target"), ("weight", "lat_weight"),
-              ("form", "lat_form"), ("estimate", "lat_estimate"))}
+              ("form", "lat_form"), ("estimate", "lat_estimate"), ("stat", "lat_stat"))}
     given = {k: v for k, v in given.items() if v is not None}
     if not given:
         return None

@@ -83,10 +83,13 @@ def cmd_latency(args: argparse.Namespace) -> int:
         rows = check_prediction(table_path, genotypes)
         report["predictions"] = rows
         if not args.json:
-            print(f"{'predicted':>10} {'measured':>10} {'error':>7}  genotype")
+            print(f"{'predicted':>10} {'measured':>10} {'error':>7}   (fastest runs: "
+                  f"{'predicted':>9} {'measured':>9} {'error':>7})  genotype")
             for r in rows:
                 print(f"{r['predicted_ms']:8.3f}ms {r['measured_ms']:8.3f}ms "
-                      f"{100 * r['error']:+6.1f}%  {r['genotype']}")
+                      f"{100 * r['error']:+6.1f}%   {'':15}{r['predicted_min_ms']:7.3f}ms "
+                      f"{r['measured_min_ms']:7.3f}ms {100 * r['error_min']:+6.1f}%   "
+                      f"{r['genotype']}")
     if args.json:
         print(json.dumps(report))
     return 0

@@ -29,6 +29,8 @@ Deviations (paper says X, reference does Y, we do Z because ...):
   weights once: an edge counts with its chance to be kept (the mean over the edges into its
   node, 2/(2+i) in DARTS), and ``q`` is renormalised over the ops the derivation ever picks.
   Which edges are kept is not made differentiable.
+* ``stat=min`` (default ``median``): the table's fastest run per entry (and the fixed parts'
+  by the fastest runs), for tables measured on a loaded machine (see :mod:`diffnas.engine.latency`).
 * ``estimate=derived`` (diffnas' own; default ``expected``): the term's value is the table's
   latency of the genotype derived from the current α, and its gradient that of ``E[lat]``
   (straight-through). A short search moves α little, so the soft expectation stays near the
@@ -62,9 +64,11 @@ FORMAT = "diffnas-latency-table"
 VERSION = 1
 FORMS = ("log", "hinge")
 ESTIMATES = ("expected", "derived")
+#: the table statistic the term reads: each entry's median, or its fastest run
+STATS = {"median": "median_ms", "min": "min_ms"}
 #: the ``latency`` config entry: its keys and defaults (``table`` and ``target_ms`` required)
 LATENCY_DEFAULTS: dict[str, Any] = {"table": "", "target_ms": 0.0, "weight": 1.0, "form": "log",
-                                    "estimate": "expected", "sha256": ""}
+                                    "estimate": "expected", "stat": "median", "sha256": ""}
 
 
 def check_latency_config(d: dict[str, Any]) -> None:
@@ -91,6 +95,9 @@ def check_latency_config(d: dict[str, Any]) -> None:
         raise DiffnasError(f"--lat-weight must be a number >= 0, got {c['weight']!r}")
     if c["form"] not in FORMS:
         raise DiffnasError(f"unknown --lat-form {c['form']!r}; valid: {', '.join(FORMS)}")
+    if c["stat"] not in STATS:
+        raise DiffnasError(f"unknown latency statistic {c['stat']!r}; valid: "
+                           f"{', '.join(STATS)}")
     if c["estimate"] not in ESTIMATES:
         raise DiffnasError(f"unknown latency estimate {c['estimate']!r}; valid: "
                            f"{', '.join(ESTIMATES)}")
@@ -233,6 +240,11 @@ class LatencyTable:
         """The fixed parts' latency (0 when the table was made without them)."""
         return float(self.data.get("fixed", {}).get("ms", 0.0))
 
+    def fixed_of(self, stat: str) -> float:
+        """The fixed parts by statistic ``median_ms`` (:attr:`fixed_ms`) or ``min_ms``."""
+        fixed = self.data.get("fixed", {})
+        return float(fixed.get("ms", 0.0) if stat == "median_ms" else fixed.get(stat, 0.0))
+
     def search_config(self) -> Any:
         """The search config whose supernet the table measured (its recorded fields)."""
         from ..config import SearchConfig
@@ -255,9 +267,10 @@ class LatencyTable:
                                f"{d['kinds']} (space {d['space']}); this search's supernet "
                                f"has {mine}")
 
-    def edge_matrix(self) -> dict[str, torch.Tensor]:
+    def edge_matrix(self, stat: str = "median_ms") -> dict[str, torch.Tensor]:
         """Per kind, ``[edges, ops]`` milliseconds summed over the table's cells of that kind
-        (0 for ``none``): the cost of choosing op o on edge e in every cell of the kind."""
+        (0 for ``none``): the cost of choosing op o on edge e in every cell of the kind (by the
+        entries' ``stat``: ``median_ms``, or ``min_ms``, the fastest run)."""
         d = self.data
         out = {k: torch.zeros(n, len(d["op_names"]), dtype=torch.float64)
                for k, n in d["kinds"].items()}
@@ -265,21 +278,21 @@ class LatencyTable:
             for o, op in enumerate(d["op_names"]):
                 key = edge["ops"][op]
                 if key is not None:
-                    out[edge["kind"]][edge["edge"], o] += float(d["entries"][key]["median_ms"])
+                    out[edge["kind"]][edge["edge"], o] += float(d["entries"][key][stat])
         return out
 
-    def ops_ms(self, net: nn.Module, genotype: Any) -> float:
+    def ops_ms(self, net: nn.Module, genotype: Any, stat: str = "median_ms") -> float:
         """The table's sum over the ops ``genotype`` uses in every cell."""
-        lat = self.edge_matrix()
+        lat = self.edge_matrix(stat)
         chosen = genotype_ops(net, genotype)
         return float(sum((chosen[k].double() * lat[k]).sum() for k in lat))
 
-    def predict(self, net: nn.Module, genotype: Any) -> float:
+    def predict(self, net: nn.Module, genotype: Any, stat: str = "median_ms") -> float:
         """Predicted latency (ms) of ``genotype``'s fixed network: fixed parts + its ops."""
         if "fixed" not in self.data:
             raise DiffnasError(f"latency table {self.source} was made without the fixed "
                                "parts (--no-fixed), so it cannot predict a network's latency")
-        return self.fixed_ms + self.ops_ms(net, genotype)
+        return self.fixed_of(stat) + self.ops_ms(net, genotype, stat)
 
     def reference_genotype(self, net: nn.Module) -> Any:
         """The genotype derived from uniform op weights (the fixed parts' reference)."""
@@ -302,14 +315,21 @@ class LatencyTerm:
     name = "latency"
 
     def __init__(self, table: LatencyTable, net: nn.Module, target_ms: float,
-                 weight: float = 1.0, form: str = "log", estimate: str = "expected") -> None:
+                 weight: float = 1.0, form: str = "log", estimate: str = "expected",
+                 stat: str = "median") -> None:
         check_latency_config({"table": table.source, "target_ms": target_ms, "weight": weight,
-                              "form": form, "estimate": estimate})
+                              "form": form, "estimate": estimate, "stat": stat})
         table.check_supernet(net)
         self.table, self.net = table, net
         self.target, self.weight, self.form, self.estimate = (float(target_ms), float(weight),
                                                               form, estimate)
-        self.lat = {k: v.float() for k, v in table.edge_matrix().items()}
+        self.stat = STATS[stat]
+        if self.stat != "median_ms" and any(self.stat not in e
+                                            for e in table.data["entries"].values()):
+            raise DiffnasError(f"latency table {table.source} has no {self.stat} per entry; "
+                               "remake it with `diffnas latency` or use the median")
+        self.fixed = table.fixed_of(self.stat)
+        self.lat = {k: v.float() for k, v in table.edge_matrix(self.stat).items()}
         self.keep, self.derivable = derivation_probe(net)
 
     def expected_ms(self, weights: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -321,13 +341,13 @@ class LatencyTerm:
             part = (self.keep[k].to(w)[:, None] * q * self.lat[k].to(w)).sum()
             total = part if total is None else total + part
         assert total is not None
-        return total + self.table.fixed_ms
+        return total + self.fixed
 
     def derived_ms(self, weights: dict[str, torch.Tensor]) -> float:
         """The table's latency of the genotype derived from ``weights``."""
         with torch.no_grad():
             g = self.net.genotype({k: w.detach() for k, w in weights.items()})
-        return self.table.fixed_ms + self.table.ops_ms(self.net, g)
+        return self.fixed + self.table.ops_ms(self.net, g, self.stat)
 
     def value_ms(self, weights: dict[str, torch.Tensor]) -> torch.Tensor:
         """The latency the loss sees: E[lat], or (``derived``) the derived genotype's latency
@@ -365,7 +385,8 @@ def build_latency_term(cfg_latency: dict[str, Any], net: nn.Module) -> LatencyTe
         raise DiffnasError(f"latency table {c['table']} changed since this run started "
                            f"(sha256 {c['sha256'][:12]}… recorded); a resumed search must see "
                            "the same table: restore it or start a new run")
-    return LatencyTerm(table, net, c["target_ms"], c["weight"], c["form"], c["estimate"])
+    return LatencyTerm(table, net, c["target_ms"], c["weight"], c["form"], c["estimate"],
+                       c["stat"])
 
 
 class WithArchTerms(Objective):
