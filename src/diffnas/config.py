@@ -226,6 +226,26 @@ register_preset(
     "Seconds-long smoke test on scikit-learn digits (16×16): 2 epochs, 3 cells × 4 channels",
     dataset="digits", image_size=16, epochs=2, batch_size=32, channels=4, layers=3,
     crop_padding=1)
+register_preset(
+    "mbconv-cpu",
+    "The mbconv (ProxylessNAS chain) space on 2 CPU cores: a 2000-image Fashion-MNIST subset "
+    "(28², strides for 28², 4×4 at the end), stem 8 channels (width ×0.25), 2 layers per "
+    "stage (11 searched layers), batch 64, 5 epochs",
+    space="mbconv", dataset="fashion-mnist", subset=2000, epochs=5, batch_size=64, channels=8,
+    layers=2, crop_padding=2, flip=True)
+register_preset(
+    "mbconv-imagenet",
+    "ProxylessNAS' ImageNet search space and schedule (mit-han-lab/proxylessnas "
+    "search/imagenet_arch_search.py defaults): 224², stem 32, 4 layers per stage, batch 256, "
+    "SGD 0.025 cosine to 0 with Nesterov momentum 0.9, weight decay 4e-5, 40 warm-up epochs "
+    "(α fixed) then 120, α Adam 1e-3 betas (0, 0.999) without decay; its 50,000 validation "
+    "images held out of ImageNet's 1.28 M (train portion 0.961); pass --dataset folder:PATH. "
+    "Not reproduced: α updated every 5 weight steps, binarised paths (each method brings its "
+    "own edge policy)",
+    space="mbconv", dataset="folder:", image_size=224, epochs=160, batch_size=256, channels=32,
+    layers=4, train_portion=0.961, w_lr=0.025, w_lr_min=0.0, w_momentum=0.9,
+    w_weight_decay=4e-5, a_lr=1e-3, a_betas=(0.0, 0.999), a_weight_decay=0.0, crop_padding=0,
+    flip=True, method_args={"arch_warmup_epochs": 40, "nesterov": True})
 
 
 def coerce_options(owner: str, defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
