@@ -272,3 +272,22 @@ def test_cli_latency_table_and_prediction(tmp_path, capsys):
                                            - table.data["fixed"]["reference_ops_ms"])
     with pytest.raises(DiffnasError):
         LatencyTerm(table, supernet_for(table.search_config(), 1, 10, 8), 0.0)
+
+
+def test_cdarts_joint_step_carries_the_term(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(method="cdarts", layers=3, image_size=8)
+    ms = {op: 1.0 + i for i, op in enumerate(("max_pool_3x3", "avg_pool_3x3", "skip_connect",
+                                              "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
+                                              "dil_conv_5x5"))}
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(hand_table(cfg, ms)))
+    cfg = cfg.replace(latency={"table": str(path), "target_ms": 0.5})
+    net, objective, m = build_search(cfg, 1, 8, 10, 4, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    batch = objective.prepare(torch.randn(8, 1, 8, 8, generator=g), torch.arange(8), g)
+    for step in range(100):  # the first step of its joint phase
+        m.global_step = step
+        if m.cycle_phase() == "joint":
+            break
+    stats = m.step(batch, batch)  # CDARTS' own joint α loss (Eq. 8) calls the objective
+    assert stats["arch_latency"] > 0 and stats["arch_e_latency_ms"] > 0.5
