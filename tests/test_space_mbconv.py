@@ -216,3 +216,25 @@ def test_nb201_imagenet_stem_is_the_shared_imagenet_stem():
         build_network(g, imagenet=True, input_size=16)
     with pytest.raises(DiffnasError, match="channels must be even"):
         build_supernet("nb201-imagenet", 3, 1, 5, 3)
+
+
+@pytest.mark.parametrize("space", ["nb201-imagenet", "mbconv"])
+def test_search_on_an_image_folder_at_imagenet_shapes(tiny_cfg, tmp_path, space):
+    """A class-folder dataset searched through an ImageNet-shaped supernet (64² here; the
+    same code runs at 224²): the genotype is the base space's and builds its network."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for cls in ("cat", "dog"):
+        for i in range(12):
+            path = tmp_path / "data" / cls / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pixels = (torch.rand(40, 40, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(path)
+    cfg = tiny_cfg(space=space, dataset=f"folder:{tmp_path / 'data'}", image_size=64,
+                   subset=None, epochs=1, batch_size=8, channels=8, layers=1)
+    res = search(cfg, out=tmp_path / "run", progress=False)
+    net = build_network(res.genotype, imagenet=True, channels=8, layers=1, num_classes=2,
+                        input_size=64)
+    assert net(torch.randn(2, 3, 64, 64)).shape == (2, 2)
+    assert res.genotype.space == ("nb201" if space == "nb201-imagenet" else "mbconv")
