@@ -420,9 +420,9 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, *, isolate: bool = Tru
         raise DiffnasError("--in-process does not go with --launcher submitit (every run is its "
                            "own job); drop one of them")
     if spec.launcher == "submitit":
-        from .cluster import require_submitit
+        from .cluster import resolve_cluster
 
-        require_submitit()  # before anything is written
+        resolve_cluster(spec.launcher_opts)  # submitit installed, Slurm there if asked for
     elif spec.jobs > 1 and not isolate:
         raise DiffnasError("several runs at once (jobs > 1) need a process per run; "
                            "drop --in-process or use --jobs 1")
