@@ -2,17 +2,29 @@
 Differentiable Architecture Search with Early Stopping", arXiv:1909.06035, 2019, §3.3), as the
 part ``early_stop=dartsplus`` any method takes (``--opt early_stop=dartsplus``).
 
-After every epoch the search stops, with the genotype derived at that epoch, when
+§3.3 states two criteria: "the search procedure stops when there are two or more skip-connects
+in one normal cell" (Criterion 1) and "... when the ranking of architecture parameters α for
+learnable operations becomes stable for a determined number of epochs (e.g., 10 epochs)"
+(Criterion 2, the general one: it needs no skip-connect in the space). After every epoch the
+search stops, with the genotype derived at that epoch, when
 
-* Criterion 1 (``dartsplus_skips`` = 2; 0 = off): the normal cell of the derived genotype holds
-  at least that many ``skip_connect`` edges (NAS-Bench-201: its one cell);
-* Criterion 2 (``dartsplus_stable_epochs`` = 10; 0 = off): the ranking of α over the learnable
-  (parametric) ops of every edge has not changed for that many epochs.
+* Criterion 1 (``dartsplus_skips`` = 2; 0 = off): the normal cell *of the derived genotype*
+  (each node's two strongest edges, ``none`` excluded) holds at least that many
+  ``skip_connect`` edges; the reduction cell does not count (NAS-Bench-201: its one cell);
+* Criterion 2 (``dartsplus_stable_epochs`` = 10, the paper's example; 0 = off): on every edge
+  of every cell kind (normal and reduction), the order of the learnable ops by α (the
+  convolutions: ``none``, ``skip_connect`` and the pools are left out; ties by op index) is
+  the one of the epoch before, for that many epochs in a row: the ranking at the end of
+  epoch e equals those of epochs e−1, ..., e−10, so the earliest stop is epoch 10 (0-based).
+  α is compared raw: a method's weighting (softmax, sigmoid, ReLU) keeps its order per edge.
 
 Deviations (one line each):
 
-* DARTS+ has no public reference code; the criteria follow the paper text (its example of
-  "a determined number of epochs" is 10, used as the default), both on by default.
+* DARTS+ has no public reference code; the criteria follow the paper text. Which criterion
+  its CIFAR-10 and CIFAR-100 searches used is not pinned here (the text at hand gives the
+  criteria, not a per-dataset choice): both are on by default and the first to fire stops the
+  search; ``--opt dartsplus_skips=0`` or ``dartsplus_stable_epochs=0`` keeps one of them.
+* Without a stop the search runs the config's ``epochs`` (the last epoch's genotype).
 """
 
 from __future__ import annotations
