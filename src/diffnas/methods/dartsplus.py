@@ -2,9 +2,9 @@
 Differentiable Architecture Search with Early Stopping", arXiv:1909.06035, 2019, §3.3), as the
 part ``early_stop=dartsplus`` any method takes (``--opt early_stop=dartsplus``).
 
-§3.3 states two criteria: "the search procedure stops when there are two or more skip-connects
-in one normal cell" (Criterion 1) and "... when the ranking of architecture parameters α for
-learnable operations becomes stable for a determined number of epochs (e.g., 10 epochs)"
+§3.3 states two criteria (paraphrased): stop when there are two or more skip-connects in one
+normal cell (Criterion 1), or when the ranking of the architecture parameters α of the
+learnable operations has been stable for a determined number of epochs, 10 in its example
 (Criterion 2, the general one: it needs no skip-connect in the space). After every epoch the
 search stops, with the genotype derived at that epoch, when
 
