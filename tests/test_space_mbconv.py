@@ -238,3 +238,14 @@ def test_search_on_an_image_folder_at_imagenet_shapes(tiny_cfg, tmp_path, space)
                         input_size=64)
     assert net(torch.randn(2, 3, 64, 64)).shape == (2, 2)
     assert res.genotype.space == ("nb201" if space == "nb201-imagenet" else "mbconv")
+
+
+@pytest.mark.skipif(__import__("shutil").which("dot") is None,
+                    reason="Graphviz's dot is not installed")
+def test_draw_an_mbconv_chain(tmp_path):
+    from diffnas.analysis.cells import draw
+
+    (png,) = draw("PROXYLESSNAS_MOBILE", tmp_path / "mobile")
+    gv = png.with_suffix(".gv").read_text()
+    assert png.is_file() and gv.count("k7_e6") == 4 and gv.count("style=dashed") == 2
+    assert "stage 6 (320)" in gv

@@ -76,6 +76,30 @@ def nb201_cell_graph(graphviz: Any, genotype: Any, name: str) -> Any:
     return g
 
 
+def mbconv_chain_graph(graphviz: Any, genotype: Any, name: str) -> Any:
+    """An mbconv chain: stem → MBConv1 → one node per searched layer (its op; stages as
+    clusters labelled with their width) → head; a ``skip_connect`` layer is a dashed edge."""
+    g = _digraph(graphviz, name)
+    g.node("stem", fillcolor="darkseagreen2")
+    prev = "stem"
+    g.node("mb1", label="MBConv1 3×3", fillcolor="lightblue")
+    g.edge(prev, "mb1", fillcolor="gray")
+    prev = "mb1"
+    for s, (ops, width) in enumerate(zip(genotype.stages, genotype.widths, strict=True)):
+        with g.subgraph(name=f"cluster_{s}") as c:
+            c.attr(label=f"stage {s + 1} ({width})", style="rounded", color="gray")
+            for i, op in enumerate(ops):
+                node = f"{s}_{i}"
+                skip = op == "skip_connect"
+                c.node(node, label="skip" if skip else op,
+                       fillcolor="white" if skip else "lightblue")
+                g.edge(prev, node, fillcolor="gray", style="dashed" if skip else "solid")
+                prev = node
+    g.node("head", label="1×1 conv, pool, linear", fillcolor="palegoldenrod")
+    g.edge(prev, "head", fillcolor="gray")
+    return g
+
+
 def draw(spec: str, out: str | Path | None = None) -> list[Path]:
     """Draw the cells of genotype ``spec`` (anything a genotype argument accepts). ``out`` is
     the file (its suffix, if one of png/svg/pdf, is dropped; ``<out>_normal``, ``<out>_reduce``
@@ -91,6 +115,8 @@ def draw(spec: str, out: str | Path | None = None) -> list[Path]:
         base = base.with_suffix("")
     if genotype.space == "nb201":
         graphs = {"": nb201_cell_graph(graphviz, genotype, "cell")}
+    elif genotype.space == "mbconv":
+        graphs = {"": mbconv_chain_graph(graphviz, genotype, "chain")}
     else:
         graphs = {f"_{kind}": darts_cell_graph(graphviz, getattr(genotype, kind),
                                                getattr(genotype, f"{kind}_concat"), kind)
