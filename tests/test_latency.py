@@ -47,9 +47,10 @@ def hand_table(cfg, ms: dict[str, float], fixed: float = 1.0) -> dict:
 NB201_MS = {"skip_connect": 0.01, "nor_conv_1x1": 0.2, "nor_conv_3x3": 1.0, "avg_pool_3x3": 0.05}
 
 
-@pytest.mark.parametrize("space", ["darts", "nb201"])
+@pytest.mark.parametrize("space", ["darts", "nb201", "mbconv"])
 def test_table_has_a_positive_entry_for_every_op_and_shape(tiny_cfg, space):
-    cfg = tiny_cfg(space=space, layers=1 if space == "nb201" else 3, image_size=8)
+    cfg = tiny_cfg(space=space, layers=3 if space == "darts" else 1,
+                   image_size=16 if space == "mbconv" else 8)
     table = build_table(cfg, **FAST)
     net = supernet_for(cfg, 1, 10, 8)
     cells = net.search_cells()

@@ -36,6 +36,9 @@ Deviations (paper says X, reference does Y, we do Z because ...):
   (straight-through). A short search moves α little, so the soft expectation stays near the
   uniform mixture while the argmax network can already be under the target; the hinge then
   stops exactly when the derived network is fast enough.
+* The keep chances, the derivable ops and ``estimate=derived`` use the space's derivation
+  (``net.genotype``), not a method's own derivation part (FairDARTS' threshold, CDARTS'
+  discretisation), because the space's rule is the one every method shares.
 
 The term composes with every method and objective because it wraps the objective
 (:class:`WithArchTerms`): every method's α loss calls the objective, and the term is added
