@@ -190,3 +190,16 @@ def test_slurm_array_submission_and_reattach(tmp_path, monkeypatch):
     with pytest.raises(DiffnasError, match="srun is not on PATH"):
         cluster.resolve_cluster({"cluster": "slurm"})
     assert cluster.resolve_cluster({}) == "local"
+
+
+def test_cli_bad_launcher_option_is_one_line(tmp_path, capsys):
+    from diffnas.cli import main
+
+    rc = main(["experiment", "--out", str(tmp_path / "exp"), "--presets", "tiny",
+               "--launcher", "submitit", "--launcher-opt", "partition=gpu",
+               "--launcher-opt", "walltime=60"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err == ("error: unknown --launcher-opt key(s) walltime; accepted keys: "
+                   + cluster.accepted_keys())
+    assert not (tmp_path / "exp").exists()

@@ -98,6 +98,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         spec.device = args.device or spec.device
         spec.threads = args.threads or spec.threads
         spec.jobs = args.jobs or spec.jobs
+        if args.launcher and args.launcher != spec.launcher:
+            spec.launcher_opts = {}  # the saved options were the other launcher's
         spec.launcher = args.launcher or spec.launcher
         spec.launcher_opts = {**spec.launcher_opts,
                               **_kv(args.launcher_opt, "--launcher-opt")}

@@ -391,8 +391,7 @@ def run_jobs(spec: ExperimentSpec, cells: Sequence[Cell], heads: Sequence[str], 
                 continue
         fresh.append((cell, head))
 
-    if not todo:
-        atomic_write_text(folder / RECORDS, json.dumps(records, indent=1) + "\n")
+    if not todo:  # nothing submitted: the records still say where the runs ran
         return
     executor = make_executor(spec, folder, cluster, f"diffnas-{out.resolve().name}")
     where = ("Slurm" if cluster == "slurm" else "submitit's local executor (no Slurm here)"
