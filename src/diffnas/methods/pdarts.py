@@ -92,6 +92,12 @@ class PDARTS(SearchMethod):
         the finished stage's with the largest softmax(α)."""
         sched = self.schedule(self.opts)
         keep = sched["num_to_keep"][stage - 1]
+        if self.net.space == "mbconv" and sched["add_layers"][stage] != sched["add_layers"][
+                self.stage]:
+            raise DiffnasError(f"pdarts deepens the supernet between stages (add_layers="
+                               f"{self.opts['add_layers']}), but in the mbconv chain every "
+                               "layer has its own α, so the added layers would have none: use "
+                               "--opt add_layers=0,0,0 (the op pruning still runs)")
         weights = self.alpha_weights()
         mask = {k: self.net.op_mask(k) for k in self.net.kinds}
         edge_ops: dict[str, list[list[int]]] = {}
