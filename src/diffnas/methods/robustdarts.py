@@ -39,8 +39,9 @@ Deviations (one line each):
 * R-DARTS(L2) / R-DARTS(DP) are not presets: the paper picks, per space and dataset, the best
   of a grid by validation (the reference's logs: wd 3e-4·3^k, k = 0..6; drop-path 0, 0.2, 0.4,
   0.6); run the grid with ``w_weight_decay`` and ``--opt regularisers=drop_path --opt
-  drop_path_prob=P``. With drop-path the reference also raises cutout's probability linearly;
-  we keep ``cutout`` as configured.
+  drop_path_prob=P`` (the README has both grids as ``diffnas experiment`` commands). With
+  drop-path the reference also turns on cutout 16 with its probability rising linearly from
+  0 to 1; we keep ``cutout`` as configured (the README's grid: 16 at probability 1).
 * The reference's search scripts run second-order DARTS (``--unrolled``); the presets do
   too (``order=2``), the CPU presets keep first order for speed.
 """
@@ -226,7 +227,9 @@ class DropPath(Part):
     slot = "regularisers"
     name = "drop_path"
     paper = ("drop-path on every edge of the supernet, p·epoch/(epochs − 1) (RobustDARTS "
-             "R-DARTS(DP), §5.2; src/search/model_search.py)")
+             "R-DARTS(DP), §5.2; src/search/model_search.py). R-DARTS(DP): the best of "
+             "drop_path_prob 0/0.2/0.4/0.6 by validation; R-DARTS(L2): darts with "
+             "w_weight_decay 3e-4·3^k, k = 0..6; README: the grid commands")
     options = {"drop_path_prob": 0.2}
 
     def rate(self, epoch: int) -> float:
