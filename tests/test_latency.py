@@ -72,7 +72,9 @@ def test_table_has_a_positive_entry_for_every_op_and_shape(tiny_cfg, space):
     m = table["measure"]
     assert m["runtime"] == "torch" and m["threads"] == 1 and m["batch"] == 1
     assert m["machine"]["cpu_count"] >= 1 and m["torch"] == torch.__version__
-    assert "reference_genotype" in table["fixed"] and table["fixed"]["reference_measured_ms"] > 0
+    cheap, dear = table["fixed"]["references"]
+    assert 0 <= cheap["ops_ms"] < dear["ops_ms"] and dear["measured_ms"] > 0
+    assert table["fixed"]["ms"] == pytest.approx(cheap["measured_ms"] - cheap["ops_ms"])
     LatencyTable(table, "t")  # checks itself
 
 
@@ -269,8 +271,9 @@ def test_cli_latency_table_and_prediction(tmp_path, capsys):
     assert row["error"] == pytest.approx((row["predicted_ms"] - row["measured_ms"])
                                          / row["measured_ms"])
     table = LatencyTable.load(out)
-    assert table.fixed_ms == pytest.approx(table.data["fixed"]["reference_measured_ms"]
-                                           - table.data["fixed"]["reference_ops_ms"])
+    fixed, dear = table.data["fixed"], table.data["fixed"]["references"][1]
+    assert fixed["dearest_error"] == pytest.approx((fixed["ms"] + dear["ops_ms"])
+                                                   / dear["measured_ms"] - 1)
     with pytest.raises(DiffnasError):
         LatencyTerm(table, supernet_for(table.search_config(), 1, 10, 8), 0.0)
 

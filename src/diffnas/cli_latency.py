@@ -74,7 +74,10 @@ def cmd_latency(args: argparse.Namespace) -> int:
                            "fixed_ms": table.get("fixed", {}).get("ms")}
         if not args.json:
             m = table["measure"]
-            fixed = (f"; fixed parts {table['fixed']['ms']:.3f} ms" if "fixed" in table else "")
+            fixed = (f"; fixed parts {table['fixed']['ms']:.3f} ms (dearest network predicted "
+                     f"{100 * table['fixed']['dearest_error']:+.1f} %, fastest runs "
+                     f"{100 * table['fixed']['dearest_error_min']:+.1f} %)" if "fixed" in table
+                     else "")
             print(f"{table_path}: {len(meds)} entries over {len(table['edges'])} edges of the "
                   f"{table['space']} supernet, {meds[0]:.4f}–{meds[-1]:.4f} ms (median of "
                   f"{m['repeats']}, {m['runtime_version']}, {m['threads']} threads, batch "

@@ -6,12 +6,14 @@ non-differentiable hardware metrics": ``E[latency_i] = Σ_j p_j^i · F(o_j^i)`` 
 summed over the mixed ops, F a latency lookup) and FBNet's lookup-table latency (Wu et al.,
 CVPR 2019, §3.2: ``LAT(a) = Σ_l Σ_i m_{l,i} · LAT(b_{l,i})``)::
 
-    E[lat] = fixed_ms + Σ_kinds Σ_edges keep_e · Σ_ops q_{e,o} · Σ_{cells of the kind} lat_{c,e,o}
+    E[lat] = fixed + Σ_kinds Σ_edges keep_e · Σ_ops q_{e,o} · Σ_{cells of the kind} lat_{c,e,o}
 
-with ``q`` the method's op weights (:meth:`~diffnas.methods.base.SearchMethod.op_weights`:
-the weighting of α, restricted to kept ops) renormalised over the ops the space's derivation
-can pick. It enters the α loss as ``λ·log(E[lat]/target)`` (``form=log``: FBNet's Eq. (2)
-loss ``CE · α·log(LAT)^β`` made additive with β = 1, so the target only shifts the loss) or
+with ``fixed`` the table's fixed parts (stem, preprocessing, head: :mod:`diffnas.engine.latency`)
+and ``q`` the method's op
+weights (:meth:`~diffnas.methods.base.SearchMethod.op_weights`: the weighting of α,
+restricted to kept ops) renormalised over the ops the space's derivation can pick. It enters
+the α loss as ``λ·log(E[lat]/target)`` (``form=log``: FBNet's Eq. (2) loss
+``CE · α·log(LAT)^β`` made additive with β = 1, so the target only shifts the loss) or
 ``λ·max(0, E[lat]/target − 1)`` (``form=hinge``: no pull once under the target).
 
 Deviations (paper says X, reference does Y, we do Z because ...):
@@ -297,10 +299,12 @@ class LatencyTable:
                                "parts (--no-fixed), so it cannot predict a network's latency")
         return self.fixed_of(stat) + self.ops_ms(net, genotype, stat)
 
-    def reference_genotype(self, net: nn.Module) -> Any:
-        """The genotype derived from uniform op weights (the fixed parts' reference)."""
-        return net.genotype({k: torch.full((n, len(net.op_names)), 1.0 / len(net.op_names))
-                             for k, n in self.data["kinds"].items()})
+    def reference_genotypes(self, net: nn.Module) -> tuple[Any, Any]:
+        """The genotypes the space derives from op weights −latency and +latency: the
+        cheapest network (the fixed parts' reference) and the dearest (a check)."""
+        lat = self.edge_matrix()
+        return (net.genotype({k: -m.float() for k, m in lat.items()}),
+                net.genotype({k: m.float() for k, m in lat.items()}))
 
 
 # -------------------------------------------------------------------------------------- term
@@ -350,7 +354,8 @@ class LatencyTerm:
         """The table's latency of the genotype derived from ``weights``."""
         with torch.no_grad():
             g = self.net.genotype({k: w.detach() for k, w in weights.items()})
-        return self.fixed + self.table.ops_ms(self.net, g, self.stat)
+        return self.table.predict(self.net, g, self.stat) if "fixed" in self.table.data else \
+            self.table.ops_ms(self.net, g, self.stat)
 
     def value_ms(self, weights: dict[str, torch.Tensor]) -> torch.Tensor:
         """The latency the loss sees: E[lat], or (``derived``) the derived genotype's latency
