@@ -9,6 +9,7 @@ handling is what stops the survivor."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -47,6 +48,12 @@ KILLED = dict(preset="cpu", dataset="digits", subset=128, epochs=3, batch_size=1
 KILLED_ARGS = ["--dataset", "digits", "--subset", "128", "--epochs", "3", "--batch-size", "16",
                "--channels", "4", "--layers", "2", "--device", "cpu", "--no-progress"]
 
+#: retraining runs (2 epochs × 3 steps of 32 images), with per-rank and synchronised BN
+TRAIN = dict(genotype="DARTS_V2", dataset="digits", subset=96, test_subset=64, network="cifar",
+             channels=4, layers=3, epochs=2, batch_size=32, lr=0.05, cutout=2, crop_padding=1,
+             drop_path=0.2, device="cpu", eval_batch_size=16)
+TRAINS = {"train": TRAIN, "train_sync": dict(TRAIN, sync_bn=True)}
+
 WORKER = r'''
 import json, sys
 import torch, torch.distributed as dist
@@ -76,6 +83,15 @@ for name, kw in jobs["search"].items():
     net, obj, method = built[-1]
     torch.save({"modules": [m.state_dict() for m in distributed.method_modules(net, obj, method)],
                 "genotype": str(res.genotype)}, f"{out}/{name}.rank{rank}.pt")
+from diffnas.engine import train as T
+
+nets = []
+network_from_args = T.network_from_args
+T.network_from_args = lambda a: nets.append(network_from_args(a)) or nets[-1]
+for name, kw in jobs["train"].items():
+    nets.clear()
+    T.train(T.resolve_train_config(None, **kw), out=f"{out}/{name}", progress=False)
+    torch.save({"modules": [nets[-1].state_dict()]}, f"{out}/{name}.rank{rank}.pt")
 for label, order, sync in jobs["step"]:
     net, obj, method = original(resolve_config(None, **jobs["step_cfg"], order=order), 1, 8, 10,
                                 4, torch.device("cpu"))
@@ -141,7 +157,7 @@ def worker_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     (out / "worker.py").write_text(WORKER)
     torch.save([{"x": b.x, "y": b.y} for b in global_batches()], out / "batches.pt")
-    jobs = {"search": {**SEARCHES, "killed": KILLED},
+    jobs = {"search": {**SEARCHES, "killed": KILLED}, "train": TRAINS,
             "step": [("1", 1, False), ("2", 2, False), ("sync", 1, True)],
             "step_cfg": dict(dataset="digits", channels=4, layers=2, batch_size=16,
                              device="cpu")}
@@ -195,6 +211,25 @@ def test_two_rank_step_equals_one_process_step_over_the_global_batch(worker_resu
         torch.testing.assert_close(ranks[0][k], v, rtol=1e-4, atol=2e-6, msg=k)
         moved += int(not torch.equal(v, before[k]))
     assert moved > 10  # the step changed α and the weights
+
+
+@pytest.mark.parametrize("name", list(TRAINS))
+def test_data_parallel_retraining_keeps_the_ranks_identical(worker_results, name):
+    a, b = (torch.load(worker_results / f"{name}.rank{r}.pt", weights_only=True)["modules"][0]
+            for r in range(2))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{name}: {k} differs between the ranks"
+    run = worker_results / name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["world_size"] for r in records] == [2, 2]
+    assert all(math.isfinite(r["train_loss"]) and "test_acc" in r for r in records)
+    result = json.loads((run / "result.json").read_text())
+    assert 0 <= result["test_acc"] <= 1
+    assert json.loads((run / "config.json").read_text())["sync_bn"] is (name == "train_sync")
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    for k, v in state["model"].items():  # rank 0's checkpoint is what both ranks hold
+        assert torch.equal(v, a[k])
 
 
 def test_bytes_all_reduced_per_step_are_the_gradients(worker_results):

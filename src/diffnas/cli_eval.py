@@ -53,6 +53,9 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda[:N] or auto")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--sync-bn", action="store_true", default=None,
+                   help="under torchrun: batch norm over the global batch, not each rank's "
+                        "share (README: data-parallel runs)")
     p.add_argument("--workers", type=int, help="image decoding threads (imagenet:)")
     p.add_argument("--out", help="run folder (default: runs/train-<genotype>-<dataset>-seed<N>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -208,13 +211,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
         auxiliary_weight=args.auxiliary_weight, drop_path=args.drop_path, cutout=args.cutout,
         color_jitter=args.color_jitter, eval_every=args.eval_every, seed=args.seed,
-        device=args.device, amp=False if args.no_amp else None, workers=args.workers)
+        device=args.device, amp=False if args.no_amp else None, workers=args.workers,
+        sync_bn=args.sync_bn)
     preset, values = with_config_file(args.config, TrainConfig, args.preset,
                                       DEFAULT_TRAIN_PRESET, flags)
     if args.genotype is not None:
         values.pop("genotype_source", None)  # a new genotype: the recorded source is not its
     cfg = resolve_train_config(preset, **values)
     res = train(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
+    from .engine.distributed import is_main_process
+
+    if not is_main_process():  # torchrun: rank 0 prints the result
+        return 0
     r = res.result
     if args.json:
         print(json.dumps(r))

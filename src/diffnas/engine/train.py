@@ -85,6 +85,7 @@ from ..methods.base import accuracy
 from ..nets import build_network, count_cost
 from ..nets.registry import lookup
 from ..spaces import parse_genotype
+from . import distributed
 from .runfolder import RunFolder
 from .search import epoch_seed, peak_memory_gib, resolve_device
 
@@ -133,6 +134,7 @@ class TrainConfig(ConfigBase):
     amp: bool = True                    # mixed precision (CUDA only)
     channels_last: bool = True          # channels-last layout (see Trainer)
     workers: int = 8                    # decoding threads for imagenet: folders
+    sync_bn: bool = False               # torchrun: BN statistics of the global batch (all ranks)
 
     _label = "train config"
     _tuples = ("color_jitter",)
@@ -343,11 +345,16 @@ class Trainer:
         if aux is not None and cfg.auxiliary_weight > 0:
             total = total + cfg.auxiliary_weight * F.cross_entropy(
                 aux.float(), y, label_smoothing=cfg.label_smoothing)
+        ddp = distributed.current()  # torchrun: the gradients averaged over the ranks
         if self.scaler is not None:
             self.scaler.scale(total).backward()
+            if ddp is not None:
+                ddp.average_param_grads(self.net.parameters())
             self.scaler.unscale_(self.opt)
         else:
             total.backward()
+            if ddp is not None:
+                ddp.average_param_grads(self.net.parameters())
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
         if self.scaler is not None:
@@ -363,7 +370,10 @@ class Trainer:
         augmentation; top-5 is 1 with 5 classes or fewer)."""
         self.net.eval()
         total, loss_sum, correct, correct5 = 0, 0.0, 0, 0
-        for x, y in stream.epoch(0):
+        ddp = distributed.current()  # torchrun: batches round-robin over the ranks
+        for i, (x, y) in enumerate(stream.epoch(0)):
+            if ddp is not None and not ddp.mine(i):
+                continue
             x = aug(x, train=False).contiguous(memory_format=self.memory_format)
             if self.amp_dtype is None:
                 logits = self.net(x)
@@ -377,6 +387,9 @@ class Trainer:
             correct5 += int((top5 == y[:, None]).any(dim=1).sum())
             total += len(y)
         self.net.train()
+        if ddp is not None:
+            total, loss_sum, correct, correct5 = ddp.sum_floats(
+                [total, loss_sum, correct, correct5])
         n = max(1, total)
         return loss_sum / n, correct / n, correct5 / n
 
@@ -540,15 +553,28 @@ def train(cfg: TrainConfig | None = None, *, out: str | Path | None = None, resu
     cfg.validate()
     cfg = _canonical(cfg)
     device = resolve_device(cfg.device)
-    run = RunFolder.open(out or default_run_dir(cfg), resume)
+    with distributed.session(device, cfg.sync_bn) as ddp:  # torchrun: this rank's part
+        if ddp is not None:  # only rank 0 shows progress and writes (distributed module doc)
+            device, progress = ddp.device, progress and ddp.main
+        run = distributed.run_folder(RunFolder.open(out or default_run_dir(cfg), resume), ddp)
+        return _train(cfg, run, resume, progress, device, ddp)
+
+
+def _train(cfg: TrainConfig, run: RunFolder, resume: bool, progress: bool,
+           device: torch.device, ddp: distributed.Dist | None) -> TrainResult:
     data = load_train_data(cfg, device)
+    if ddp is not None:  # the global batch splits evenly (a short set: one smaller batch)
+        ddp.check_batch("the global batch (--batch-size)", min(cfg.batch_size, data.n_train))
     torch.manual_seed(cfg.seed)
     net_args = network_args(cfg, data)
     net = network_from_args(net_args).to(device)
     cost = count_cost(net)
+    if ddp is not None:  # --sync-bn
+        ddp.prepare_modules([net])
     trainer = Trainer(cfg, net, device)
 
     state, start, elapsed, history = run.begin(cfg, resume)
+    distributed.check_resume(ddp, state, start, cfg.sync_bn)
     if state is not None:
         net.load_state_dict(state["model"])
         trainer.load_state_dict(state["trainer"])
@@ -559,7 +585,8 @@ def train(cfg: TrainConfig | None = None, *, out: str | Path | None = None, resu
                 f"({data.n_train} train / {data.n_test} test images, {data.in_channels}×"
                 f"{data.image_size}²), {type(net).__name__}, {cost.params_m:.3f} M params "
                 f"(+{cost.params_aux / 1e6:.3f} M auxiliary), {cost.madds_m:.1f} M mult-adds, "
-                f"{cfg.epochs} epochs × {len(data.train)} steps, device {device}")
+                f"{cfg.epochs} epochs × {len(data.train)} steps, device {device}"
+                + (f", {ddp.describe()}" if ddp is not None else ""))
 
     steps = len(data.train)
     bar = tqdm(total=cfg.epochs * steps, initial=start * steps, disable=not progress,
@@ -575,7 +602,13 @@ def train(cfg: TrainConfig | None = None, *, out: str | Path | None = None, resu
             for x, y in data.train.epoch(epoch):
                 if cfg.schedule == "onecycle":
                     trainer.set_lr(epoch, n_steps, steps)
-                loss, acc = trainer.step(data.aug(x, gen), y)
+                if ddp is None:
+                    loss, acc = trainer.step(data.aug(x, gen), y)
+                else:  # this rank's share of the global batch; the ranks' mean loss (NaN: all)
+                    share = ddp.share(len(y))
+                    stats = ddp.mean_stats(dict(zip(("loss", "acc"), trainer.step(
+                        ddp.augment(data.aug, x, gen, share), y[share]), strict=True)))
+                    loss, acc = stats["loss"], stats["acc"]
                 if not math.isfinite(loss):
                     raise DiffnasError(f"training loss became {loss} at epoch {epoch} step "
                                        f"{n_steps}; stopped. The last good checkpoint is kept in "
@@ -591,13 +624,19 @@ def train(cfg: TrainConfig | None = None, *, out: str | Path | None = None, resu
                       "train_loss": loss_sum / max(1, n_steps),
                       "train_acc": acc_sum / max(1, n_steps),
                       "images_per_s": n_img / max(train_time, 1e-9)}
+            if ddp is not None:  # BN running averages of the ranks, averaged; world size
+                ddp.average_buffers([net])
+                record["world_size"] = ddp.world
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 record.update(_test_record(trainer, data))
             elapsed += time.perf_counter() - t0
             record.update(epoch_time_s=time.perf_counter() - t0, elapsed_s=elapsed,
                           peak_mem_gib=peak_memory_gib(device))
+            if ddp is not None:  # every rank holds what rank 0 saves (checked bit for bit)
+                ddp.assert_in_sync([*net.named_parameters(), *net.named_buffers()])
             run.end_epoch(cfg, epoch, elapsed, record, model=net.state_dict(),
-                          trainer=trainer.state_dict())
+                          trainer=trainer.state_dict(),
+                          **({"world_size": ddp.world} if ddp is not None else {}))
             line = (f"epoch {epoch + 1}/{cfg.epochs}: lr {lr:.4g} train loss "
                     f"{record['train_loss']:.4f} acc {record['train_acc']:.4f}"
                     + (f" | test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f}"
