@@ -44,8 +44,6 @@ def diffnas(*args: str) -> list[str]:
 def predicted(table: Path, genotype_dir: Path) -> dict:
     """The table's predicted latency (median and fastest-run statistics) of a search's result,
     and the floor (the cheapest op on every edge)."""
-    import torch
-
     from diffnas.engine.latency import supernet_for
     from diffnas.objectives.latency import LatencyTable
     from diffnas.spaces import parse_genotype
@@ -54,8 +52,7 @@ def predicted(table: Path, genotype_dir: Path) -> dict:
     c = tab.data["config"]
     net = supernet_for(tab.search_config(), c["in_channels"], c["num_classes"], c["input_size"])
     g = parse_genotype(str(genotype_dir))
-    cheapest = net.genotype({k: -m.float() + torch.where(m == 0, -1e9, 0.0)
-                             for k, m in tab.edge_matrix("min_ms").items()})
+    cheapest = tab.reference_genotypes(net)[0]
     return {"median_ms": tab.predict(net, g), "min_ms": tab.predict(net, g, "min_ms"),
             "floor_min_ms": tab.predict(net, cheapest, "min_ms"), "floor": str(cheapest)}
 
