@@ -15,6 +15,10 @@ shared machine falls on all entries alike, and the table keeps the median and th
 interquartile range of all runs. ``none`` is never timed: the fixed networks drop a ``none``
 edge (NAS-Bench-201) or never derive one (DARTS), so its latency is 0 by definition.
 
+To predict a deployable network, make the table with a config whose supernet has that
+network's shapes (its channels and cells; no PC-DARTS partial channels, whose ops see C/K
+channels): a search uses any table whose ops and edges per kind match its own supernet.
+
 The table works for any space whose supernet exposes its mixed edges; α is shared by the cells
 of a kind, so ``edges`` lists every (kind, cell, edge) with its shape, and a latency term or a
 prediction sums over the cells of each kind (:mod:`diffnas.objectives.latency`).
