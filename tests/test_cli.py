@@ -124,7 +124,8 @@ def test_list(capsys):
 @pytest.mark.parametrize(("args", "needle"), [
     (["search", "--method", "nope"], "error: unknown method 'nope'; valid: "),
     (["search", "--space", "hex"],
-     "error: unknown search space 'hex'; valid: darts, darts-imagenet, nb201"),
+     "error: unknown search space 'hex'; valid: darts, darts-imagenet, mbconv, nb201, "
+     "nb201-imagenet"),
     (["search", "--preset", "nope"], "error: unknown preset 'nope'; valid: "),
     (["search", "--epochs", "0"], "error: epochs must be at least 1, got 0"),
     (["search", "--opt", "novalue"], "error: --opt takes KEY=VALUE, got 'novalue'"),
