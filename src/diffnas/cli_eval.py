@@ -186,8 +186,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"{out.get('name', 'genotype')}: {genotype}")
     why = (" (ImageNet mobile setting, implied by --dataset imagenet)"
            if _imagenet(args) and not args.imagenet else "")
+    unit = "layers" if genotype.space == "mbconv" else "cells"
     print(f"  counted: {out['network']}{why}: {out['channels']} channels, {out['layers']} "
-          f"cells, {cost.in_channels}×{cost.input_size}² input, {out['num_classes']} classes")
+          f"{unit}, {cost.in_channels}×{cost.input_size}² input, {out['num_classes']} classes")
     print(f"  parameters {cost.params_m:.3f} M (auxiliary head excluded; it adds "
           f"{cost.params_aux / 1e6:.3f} M)")
     print(f"  multiply-adds (one image) {cost.madds_m:.1f} M in convolutions and linear layers; "

@@ -130,12 +130,13 @@ class PerturbationSelection(Selection):
         method.regularisers.append(self.projection)  # last: after pruning and perturbations
         kind = self.net.kinds[0]
         self.n_edges = len(self.net.edge_index[kind])
-        # nodes choosing 2 of more inputs (DARTS space; none in NAS-Bench-201)
+        # nodes choosing 2 of more inputs (DARTS spaces; none in NAS-Bench-201 or the mbconv
+        # chain, which keep every edge)
         inputs: dict[int, list[int]] = {}
         for e, (_, dst) in enumerate(self.net.edge_index[kind]):
             inputs.setdefault(dst, []).append(e)
-        self.nodes = [es for es in inputs.values() if len(es) > 2] if self.net.space != "nb201" \
-            else []
+        topology = self.net.space.startswith("darts")
+        self.nodes = [es for es in inputs.values() if len(es) > 2] if topology else []
         self.decisions = self.n_edges + len(self.nodes)
         self.epochs = self.interval * (self.decisions - 1) + 1
         self.nodes_done: dict[str, set[int]] = {k: set() for k in self.net.kinds}
