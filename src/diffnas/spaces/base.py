@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DiffnasError
-from .ops import drop_path
+from .ops import Pool, drop_path
+from .sharing import SharedWork
 
 
 @dataclass
@@ -107,13 +108,20 @@ class MixedEdge(nn.Module):
         """Add DARTS-' auxiliary skip: the space's ``skip_connect`` on the edge's full input."""
         self.aux = self._factory("skip_connect", self.c, self.stride, self.affine)
 
-    def mix(self, x: torch.Tensor, weights: torch.Tensor,
-            active: Sequence[int]) -> torch.Tensor | None:
-        """``Σ_{o ∈ active} w_o · op_o(x)`` over the ops' channels (None if none is active)."""
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, active: Sequence[int],
+            shared: SharedWork | None = None) -> torch.Tensor | None:
+        """``Σ_{o ∈ active} w_o · op_o(x)`` over the ops' channels (None if none is active);
+        pools that other edges of the cell also apply to ``x`` come from ``shared``."""
         out = None
         xr = None
         for i in active:
             op = self.ops[i]
+            if shared is not None and isinstance(op, Pool):
+                p = shared.pool(op, x)
+                if p is not None:
+                    y = p * weights[i]
+                    out = y if out is None else out.add_(y)
+                    continue
             if op.pre_relu:
                 if xr is None:
                     xr = F.relu(x)
@@ -128,10 +136,13 @@ class MixedEdge(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, active: Sequence[int],
-                bypass_scale: torch.Tensor | None = None) -> torch.Tensor | None:
+                bypass_scale: torch.Tensor | None = None,
+                shared: SharedWork | None = None) -> torch.Tensor | None:
+        """The edge's output; ``shared`` (one per cell forward, :mod:`.sharing`) lets edges
+        that read the same tensor compute their pools once."""
         k = self.partial_channels
         if k == 1:
-            return self.dropped(self.add_aux(x, self.mix(x, weights, active)))
+            return self.dropped(self.add_aux(x, self.mix(x, weights, active, shared)))
         c = x.shape[1] // k
         # a dense channels-last copy of the ops' share (a channel slice of a channels-last
         # tensor is strided, and the ops' kernels would each copy it again)

@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import DiffnasError
 from .base import EdgeWeights, MixedEdge, Supernet, sum_inputs
 from .ops import PARAMETER_FREE, FactorizedReduce, ReLUConvBN, darts_op
+from .sharing import SharedWork
 from .stems import imagenet_stem0, imagenet_stem1
 
 PRIMITIVES: tuple[str, ...] = (
@@ -226,10 +227,11 @@ class SearchCell(nn.Module):
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, ew: EdgeWeights) -> torch.Tensor:
         states = [self.pre0(s0), self.pre1(s1)]
+        shared = SharedWork()  # pools of edges that leave the same node, computed once
         e = 0
         for _ in range(self.steps):
             parts = [self.edges[e + j](h, ew.weights[e + j], ew.active[e + j],
-                                       ew.bypass_scale(e + j))
+                                       ew.bypass_scale(e + j), shared)
                      for j, h in enumerate(states)]
             e += len(states)
             node = sum_inputs(parts)

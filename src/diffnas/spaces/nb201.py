@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import DiffnasError
 from .base import EdgeWeights, MixedEdge, Supernet, sum_inputs
 from .ops import PARAMETER_FREE, ReLUConvBN, nb201_op
+from .sharing import SharedWork
 from .stems import STEM_REDUCTIONS, ImageNetStem
 
 OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -150,8 +151,10 @@ class NB201SearchCell(nn.Module):
 
     def forward(self, x: torch.Tensor, ew: EdgeWeights) -> torch.Tensor:
         nodes = [x]
+        shared = SharedWork()  # pools of edges that leave the same node, computed once
         for j in range(1, N_NODES):
-            parts = [self.edges[e](nodes[i], ew.weights[e], ew.active[e], ew.bypass_scale(e))
+            parts = [self.edges[e](nodes[i], ew.weights[e], ew.active[e], ew.bypass_scale(e),
+                                   shared)
                      for e, (i, jj) in enumerate(EDGES) if jj == j]
             node = sum_inputs(parts)
             nodes.append(node if node is not None else torch.zeros_like(x))
