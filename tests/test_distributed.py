@@ -52,7 +52,11 @@ KILLED_ARGS = ["--dataset", "digits", "--subset", "128", "--epochs", "3", "--bat
 TRAIN = dict(genotype="DARTS_V2", dataset="digits", subset=96, test_subset=64, network="cifar",
              channels=4, layers=3, epochs=2, batch_size=32, lr=0.05, cutout=2, crop_padding=1,
              drop_path=0.2, device="cpu", eval_batch_size=16)
-TRAINS = {"train": TRAIN, "train_sync": dict(TRAIN, sync_bn=True)}
+TRAINS = {"train": TRAIN, "train_sync": dict(TRAIN, sync_bn=True),
+          # an ImageNet-style folder: each rank decodes its half of every batch
+          "train_folder": dict(TRAIN, dataset="imagenet:{root}", network="auto", image_size=32,
+                               subset=None, test_subset=None, epochs=1, batch_size=4, cutout=0,
+                               workers=1)}
 
 WORKER = r'''
 import json, sys
@@ -157,7 +161,11 @@ def worker_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     (out / "worker.py").write_text(WORKER)
     torch.save([{"x": b.x, "y": b.y} for b in global_batches()], out / "batches.pt")
-    jobs = {"search": {**SEARCHES, "killed": KILLED}, "train": TRAINS,
+    from test_train import _image_folder
+
+    root = _image_folder(out / "inet", [(50, 40), (40, 50), (64, 64), (48, 36)])
+    trains = {k: {**v, "dataset": v["dataset"].format(root=root)} for k, v in TRAINS.items()}
+    jobs = {"search": {**SEARCHES, "killed": KILLED}, "train": trains,
             "step": [("1", 1, False), ("2", 2, False), ("sync", 1, True)],
             "step_cfg": dict(dataset="digits", channels=4, layers=2, batch_size=16,
                              device="cpu")}
@@ -222,7 +230,7 @@ def test_data_parallel_retraining_keeps_the_ranks_identical(worker_results, name
         assert torch.equal(a[k], b[k]), f"{name}: {k} differs between the ranks"
     run = worker_results / name
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["world_size"] for r in records] == [2, 2]
+    assert [r["world_size"] for r in records] == [2] * TRAINS[name]["epochs"]
     assert all(math.isfinite(r["train_loss"]) and "test_acc" in r for r in records)
     result = json.loads((run / "result.json").read_text())
     assert 0 <= result["test_acc"] <= 1
@@ -291,6 +299,26 @@ def test_uneven_batch_is_a_clear_error():
     assert part.x[:, 0].tolist() == list(range(6, 12))
     assert part.extra["pretext"].tolist() == list(range(24, 48))  # 4 rows per image
     assert part.extra["other"].shape == (5,)  # not a per-image tensor: whole
+
+
+def test_image_folder_streams_decode_only_their_rank_share(tmp_path):
+    from diffnas.data.imagenet import ImageFolderStream
+    from test_train import _image_folder
+
+    root = _image_folder(tmp_path / "inet", [(50, 40), (30, 70), (64, 64), (20, 20)])
+    whole = list(ImageFolderStream(root, "train", batch_size=4, size=16, seed=1).epoch(0))
+    shares = []
+    for r in range(2):
+        s = ImageFolderStream(root, "train", batch_size=4, size=16, seed=1)
+        s.shard = (r, 2)
+        shares.append(list(s.epoch(0)))
+    assert len(whole) == len(shares[0]) == 2
+    for i, (x, y) in enumerate(whole):  # the same crops: drawn for the whole batch
+        assert torch.equal(torch.cat([shares[0][i][0], shares[1][i][0]]), x)
+        assert torch.equal(torch.cat([shares[0][i][1], shares[1][i][1]]), y)
+    t = ImageFolderStream(root, "test", batch_size=3, size=16)
+    t.shard = (1, 2)
+    assert [len(y) for _, y in t.epoch(0)] == [3]  # 8 images: batches [3, 3, 2], rank 1: #1
 
 
 def test_one_process_has_no_session(monkeypatch):

@@ -155,6 +155,10 @@ class ImageFolderStream:
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self.in_channels, self.num_classes, self.flip = 3, len(classes), True
+        #: ``(rank, ranks)`` of a data-parallel run (set by the retraining loop): the train
+        #: split decodes this rank's equal share of every batch (the crops drawn for the whole
+        #: batch, so the generator runs as in one process), the test split every ranks-th batch
+        self.shard: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         n = len(self.files)
@@ -175,7 +179,14 @@ class ImageFolderStream:
             pending = None
             for i in range(len(self)):
                 idx = order[i * self.batch_size: min(n, (i + 1) * self.batch_size)]
+                if self.shard is not None and not self.train and i % self.shard[1] != \
+                        self.shard[0]:
+                    continue  # another rank's test batch
                 job = self._submit(pool, idx, g)
+                if self.shard is not None and self.train:  # this rank's rows only
+                    k = len(idx) // self.shard[1]
+                    keep = slice(self.shard[0] * k, (self.shard[0] + 1) * k)
+                    job, idx = job[keep], idx[keep]
                 if pending is not None:
                     yield self._collect(*pending)
                 pending = (job, idx)
@@ -185,8 +196,12 @@ class ImageFolderStream:
     def _submit(self, pool: ThreadPoolExecutor, idx: torch.Tensor, g: torch.Generator) -> list:
         files = [self.files[j] for j in idx.tolist()]
         draws = draw_crops(len(files), g) if self.train else None
-        return [pool.submit(decode_crop, f, None if draws is None else draws[k], self.size)
-                for k, f in enumerate(files)]
+        keep = range(len(files))
+        if self.shard is not None and self.train:  # the draws of all, the decoding of a share
+            k = len(files) // self.shard[1]
+            keep = range(self.shard[0] * k, (self.shard[0] + 1) * k)
+        return [pool.submit(decode_crop, files[j], None if draws is None else draws[j],
+                            self.size) if j in keep else None for j in range(len(files))]
 
     def _collect(self, job: list, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         arrays = np.stack([f.result() for f in job])  # [B, H, W, 3]

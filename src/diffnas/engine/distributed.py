@@ -145,16 +145,16 @@ class Dist:
         return type(batch)(cut(batch.x), cut(batch.y),
                            {k: cut(v) for k, v in batch.extra.items()})
 
-    def augment(self, aug: Any, x: torch.Tensor, generator: torch.Generator,
+    def augment(self, aug: Any, x: torch.Tensor, generator: torch.Generator, n: int,
                 share: slice) -> torch.Tensor:
-        """This rank's ``share`` of the augmented global batch ``x``: the random numbers are
-        drawn for the whole batch (so every rank's generator stays in lockstep and the union
-        of the shares is the one-process batch), the augmentation runs on the share only."""
-        params = aug.draw(x.shape[0], x.shape[2], x.shape[3], generator)
+        """``x``, this rank's rows ``share`` of a global batch of ``n`` images, augmented as
+        one process augments the whole batch: the random numbers are drawn for all ``n`` (so
+        every rank's generator stays in lockstep), the augmentation runs on the share only."""
+        params = aug.draw(n, x.shape[2], x.shape[3], generator)
         cut = dataclasses.replace(params, **{
             f.name: getattr(params, f.name)[share] for f in dataclasses.fields(params)
             if getattr(params, f.name) is not None})
-        return aug.apply(x[share], cut)
+        return aug.apply(x, cut)
 
     # -- gradients and statistics ----------------------------------------------------------------
     def average_grads(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -86,6 +86,7 @@ from ..nets import build_network, count_cost
 from ..nets.registry import lookup
 from ..spaces import parse_genotype
 from . import distributed
+from . import distributed
 from .runfolder import RunFolder
 from .search import epoch_seed, peak_memory_gib, resolve_device
 
@@ -134,6 +135,7 @@ class TrainConfig(ConfigBase):
     amp: bool = True                    # mixed precision (CUDA only)
     channels_last: bool = True          # channels-last layout (see Trainer)
     workers: int = 8                    # decoding threads for imagenet: folders
+    sync_bn: bool = False               # torchrun: BN statistics of the global batch (all ranks)
     sync_bn: bool = False               # torchrun: BN statistics of the global batch (all ranks)
 
     _label = "train config"
@@ -372,8 +374,8 @@ class Trainer:
         total, loss_sum, correct, correct5 = 0, 0.0, 0, 0
         ddp = distributed.current()  # torchrun: batches round-robin over the ranks
         for i, (x, y) in enumerate(stream.epoch(0)):
-            if ddp is not None and not ddp.mine(i):
-                continue
+            if ddp is not None and getattr(stream, "shard", None) is None and not ddp.mine(i):
+                continue  # (a sharded stream yields this rank's batches only)
             x = aug(x, train=False).contiguous(memory_format=self.memory_format)
             if self.amp_dtype is None:
                 logits = self.net(x)
@@ -563,8 +565,13 @@ def train(cfg: TrainConfig | None = None, *, out: str | Path | None = None, resu
 def _train(cfg: TrainConfig, run: RunFolder, resume: bool, progress: bool,
            device: torch.device, ddp: distributed.Dist | None) -> TrainResult:
     data = load_train_data(cfg, device)
+    local = False  # the train stream yields this rank's share (imagenet: folders)
     if ddp is not None:  # the global batch splits evenly (a short set: one smaller batch)
         ddp.check_batch("the global batch (--batch-size)", min(cfg.batch_size, data.n_train))
+        for stream in (data.train, data.test):
+            if hasattr(stream, "shard"):  # decodes only this rank's images
+                stream.shard = (ddp.rank, ddp.world)
+        local = getattr(data.train, "shard", None) is not None
     torch.manual_seed(cfg.seed)
     net_args = network_args(cfg, data)
     net = network_from_args(net_args).to(device)
@@ -603,11 +610,14 @@ def _train(cfg: TrainConfig, run: RunFolder, resume: bool, progress: bool,
                 if cfg.schedule == "onecycle":
                     trainer.set_lr(epoch, n_steps, steps)
                 if ddp is None:
+                    n = len(y)
                     loss, acc = trainer.step(data.aug(x, gen), y)
                 else:  # this rank's share of the global batch; the ranks' mean loss (NaN: all)
-                    share = ddp.share(len(y))
+                    n = len(y) * ddp.world if local else len(y)
+                    share = ddp.share(n)
+                    x, y = (x, y) if local else (x[share], y[share])
                     stats = ddp.mean_stats(dict(zip(("loss", "acc"), trainer.step(
-                        ddp.augment(data.aug, x, gen, share), y[share]), strict=True)))
+                        ddp.augment(data.aug, x, gen, n, share), y), strict=True)))
                     loss, acc = stats["loss"], stats["acc"]
                 if not math.isfinite(loss):
                     raise DiffnasError(f"training loss became {loss} at epoch {epoch} step "
@@ -615,7 +625,7 @@ def _train(cfg: TrainConfig, run: RunFolder, resume: bool, progress: bool,
                                        f"{run.path}; try a smaller learning rate")
                 loss_sum += loss
                 acc_sum += acc
-                n_img += len(y)
+                n_img += n  # the global batch
                 n_steps += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", epoch=epoch)
@@ -624,6 +634,9 @@ def _train(cfg: TrainConfig, run: RunFolder, resume: bool, progress: bool,
                       "train_loss": loss_sum / max(1, n_steps),
                       "train_acc": acc_sum / max(1, n_steps),
                       "images_per_s": n_img / max(train_time, 1e-9)}
+            if ddp is not None:  # BN running averages of the ranks, averaged; world size
+                ddp.average_buffers([net])
+                record["world_size"] = ddp.world
             if ddp is not None:  # BN running averages of the ranks, averaged; world size
                 ddp.average_buffers([net])
                 record["world_size"] = ddp.world
