@@ -249,3 +249,15 @@ def test_draw_an_mbconv_chain(tmp_path):
     gv = png.with_suffix(".gv").read_text()
     assert png.is_file() and gv.count("k7_e6") == 4 and gv.count("style=dashed") == 2
     assert "stage 6 (320)" in gv
+
+
+def test_stc_js_term_ignores_the_skip_a_stage_first_layer_lacks(tiny_cfg):
+    net, _, method = build_search(tiny_cfg(method="stc", space="mbconv", channels=8), 1, 8, 10,
+                                  1, CPU)
+    method.current = method.sample(0.3)
+    firsts = [i for i, s in enumerate(net.skippable) if not s]
+    assert all(ops[0] != "skip_connect" for ops in method.current.genotype.stages)
+    before = method.js_term()
+    with torch.no_grad():
+        net.alphas["layer"][firsts, OPS.index("skip_connect")] = 1.0
+    assert torch.equal(method.js_term(), before)

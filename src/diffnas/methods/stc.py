@@ -56,7 +56,8 @@ No reference code is public; these choices the paper leaves open are ours:
   (ReLU: α / Σα; the sum is clamped at 1e-12, so an all-zero edge is finite and a one-hot α
   gives exactly 0). An op the sample does not use has the exact one-sided derivative
   ½·ln 2 at probability 0 (no clamp on its log), so JS pulls it down, never up. It is
-  averaged over the JS rows of the sampled sub-cell, so λ means the same in both spaces. A
+  averaged over the JS rows of the sampled sub-cell, so λ means the same in both spaces (an
+  op an edge does not have, ``Supernet.op_mask``, is not in its distribution). A
   step's logged ``val_loss`` is the whole architecture loss (λ·JS included); ``arch_js``,
   ``noise_range`` and ``js_lambda`` are logged beside it.
 - α starts at ``alpha_init`` = 0.5 (plus the supernet's 1e-3 random tie-breaker): inside
@@ -237,6 +238,9 @@ class STC(SearchMethod):
             if none is not None:
                 rows &= target[:, none] == 0
             w = self.edge_weights(alpha[rows])
+            mask = self.net.op_mask(kind)  # ops an edge lacks (mbconv: a stage's first skip)
+            if mask is not None:
+                w = w * mask[rows].to(w)
             q = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
             parts.append(js_divergence(target[rows], q))
         js = torch.cat(parts)
