@@ -73,6 +73,11 @@ Deviations (paper/reference says X, we do Z because ...):
   (ProxylessNAS' candidates are whole trained layers), not DARTS' non-affine search BN.
 * ``partial_channels`` (PC-DARTS) is refused: most layers change the width, so the bypassed
   channels would have nowhere to go.
+* Initialisation: ProxylessNAS draws convolutions with ``he_fout`` (``--model_init``); we keep
+  torch's defaults, as every other space here does.
+* Retraining: ``diffnas train`` has no dropout knob, so the network trains without the
+  classifier dropout ProxylessNAS uses (0.1 Mobile, 0.3 GPU); :class:`MBConvNetwork` takes
+  ``dropout`` from Python.
 """
 
 from __future__ import annotations
