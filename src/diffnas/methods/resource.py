@@ -4,14 +4,15 @@
 op's ``size``, ``flops``, ``mac``) and ``SNAS/train_search.py`` (``--resource_efficient``).
 
 The search objective gets a cost of the sampled child network, E_{Z∼p_α(Z)}[L(Z)] + η·E[C(Z)]
-(§2.4). C is locally decomposable: a sum over the edges (i, j) of each cell of the cost of the
-op the edge's one-hot Z_{i,j} selects, C_{i,j}(Z) = Σ_o c_{i,j,o}·Z_{i,j,o}, where c counts the
-op's parameters ("size"), its FLOPs and its memory access cost (MAC), the three resources §2.4
-names for the forward time. Per cell kind the term is the mean over that kind's cells of the sum
-over their edges (the reference divides the sums by its 8-cell network's 6 normal and 2
-reduction cells), both kinds added; with ``resource_log`` (the reference's ``--log_penalty``)
-each edge contributes ``log`` of its cost instead. The gradient of E[C(Z)] can be taken three
-ways (``resource_estimator``; the reference's ``--method``):
+(§2.4; only the paper's abstract could be read here, so no equation numbers are cited and the
+terms follow the reference code). C is locally decomposable (the abstract's word): a sum over
+the edges (i, j) of each cell of the cost of the op that the edge's one-hot Z_{i,j} selects,
+C_{i,j}(Z) = Σ_o c_{i,j,o}·Z_{i,j,o}, where c counts the op's parameters ("size"), FLOPs and
+memory access cost (MAC), the reference's three resources. Per cell kind the term is the mean
+over that kind's cells of the sum over their edges (the reference divides the sums by its
+8-cell network's 6 normal and 2 reduction cells), both kinds added; with ``resource_log`` (the
+reference's ``--log_penalty``) each edge contributes ``log`` of its cost instead. The gradient
+of E[C(Z)] can be taken three ways (``resource_estimator``; the reference's ``--method``):
 
 * ``reparam`` (``reparametrization``; the README's search commands): C evaluated at the soft
   Gumbel-softmax sample Z of the same forward, differentiated through Z (pathwise);
