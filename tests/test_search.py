@@ -362,7 +362,8 @@ def test_unknown_names_list_the_valid_ones(field, value, kind):
         resolve_config(None, **{field: value})
     msg = str(e.value)
     assert msg.startswith(f"unknown {kind} {value!r}; valid: ")
-    valid = {"method": "darts", "space": "darts, darts-imagenet, nb201", "objective": "ce"}[field]
+    valid = {"method": "darts", "space": "darts, darts-imagenet, mbconv, nb201, nb201-imagenet",
+             "objective": "ce"}[field]
     assert valid in msg
 
 
