@@ -1,5 +1,6 @@
-"""spaces.sharing: pools computed once per cell input give the unshared supernet's outputs,
-gradients and BN running averages; the fallback where sharing does not apply."""
+"""spaces.sharing (pools computed once per cell input) and MixedEdge's polyphase sum of the
+dilated ops give the unshared supernet's outputs, gradients and BN running averages; the
+fallback where either does not apply."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffnas.spaces import build_supernet, sharing
+from diffnas.spaces import base, build_supernet, sharing
 from diffnas.spaces.base import EdgePolicy, EdgeWeights
 from diffnas.spaces.ops import Pool
 
@@ -44,8 +45,8 @@ def _pair(space: str, policy: str, **options):  # type: ignore[no-untyped-def]
 
 
 def _run(net, x, shared: bool, steps: int = 2):  # type: ignore[no-untyped-def]
-    old = sharing.ENABLED
-    sharing.ENABLED = shared
+    old = sharing.ENABLED, base.phase_sum_enabled
+    sharing.ENABLED = base.phase_sum_enabled = shared
     try:
         net.zero_grad(set_to_none=True)
         for _ in range(steps):
@@ -53,22 +54,24 @@ def _run(net, x, shared: bool, steps: int = 2):  # type: ignore[no-untyped-def]
             (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()
         return out
     finally:
-        sharing.ENABLED = old
+        sharing.ENABLED, base.phase_sum_enabled = old
 
 
 CASES = [("darts", "all", {}), ("darts", "all", {"partial_channels": 2}),
          ("darts", "subset", {}), ("darts", "one", {}),
          ("darts", "all", {"edge_ops": "keep"}), ("darts", "one", {"edge_batch_stats": True}),
-         ("nb201", "all", {}), ("nb201", "one", {})]
+         ("nb201", "all", {}), ("nb201", "one", {}), ("darts-odd", "all", {})]
 
 
 @pytest.mark.parametrize(("space", "policy", "options"), CASES)
 def test_shared_pools_equal_unshared(space, policy, options):  # type: ignore[no-untyped-def]
+    size = 7 if space == "darts-odd" else 8  # 7×7: the polyphase sum falls back in cell 0
+    space = space.removesuffix("-odd")
     if options.get("edge_ops") == "keep":  # P-DARTS' smaller supernet: 3 ops kept per edge
         options = {"edge_ops": {k: [(1, 2, 4 + e % 4) for e in range(14)]
                                 for k in ("normal", "reduce")}}
     a, b = _pair(space, policy, **options)
-    x = torch.randn(4, 1, 8, 8)
+    x = torch.randn(4, 1, size, size)
     ya, yb = _run(a, x, True), _run(b, x, False)
     torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
     for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
@@ -85,12 +88,12 @@ def test_shared_pools_equal_unshared(space, policy, options):  # type: ignore[no
 
 
 def _run_eval(net, x, shared: bool):  # type: ignore[no-untyped-def]
-    old = sharing.ENABLED
-    sharing.ENABLED = shared
+    old = sharing.ENABLED, base.phase_sum_enabled
+    sharing.ENABLED = base.phase_sum_enabled = shared
     try:
         return net(x)
     finally:
-        sharing.ENABLED = old
+        sharing.ENABLED, base.phase_sum_enabled = old
 
 
 def _pool_calls(net, x) -> int:  # type: ignore[no-untyped-def]
@@ -139,3 +142,21 @@ def test_momentum_none_is_not_shared():
     _run(b, x, False)
     for (name, ba), (_, bb) in zip(a.named_buffers(), b.named_buffers(), strict=True):
         torch.testing.assert_close(ba, bb, msg=name)
+
+
+def test_dilated_ops_summed_in_the_polyphase_domain_on_even_sizes(monkeypatch):
+    calls = []
+    real = base.from_phases
+    monkeypatch.setattr(base, "from_phases", lambda *a: calls.append(a[0].shape) or real(*a))
+    torch.manual_seed(0)
+    net = build_supernet("darts", 4, 1, 10, 1).train()  # one normal cell, 14 stride-1 edges
+    net(torch.randn(2, 1, 8, 8))
+    assert len(calls) == 14  # one conversion per edge for its two dilated ops
+    calls.clear()
+    net(torch.randn(2, 1, 7, 7))  # odd: padding pixels would enter BN's statistics
+    assert calls == []
+    one = build_supernet("darts", 4, 1, 10, 1).train()
+    one.policy = SubsetPolicy(len(one.op_names), one=True)
+    monkeypatch.setattr(base, "phase_sum_enabled", False)
+    one(torch.randn(2, 1, 8, 8))
+    assert calls == []

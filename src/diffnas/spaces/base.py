@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DiffnasError
-from .ops import Pool, drop_path
+from .ops import DilConv, Pool, drop_path, from_phases, to_phases
 from .sharing import SharedWork
 
 
@@ -58,6 +58,11 @@ class EdgePolicy:
 
     def edge_policy(self, supernet: Supernet, kind: str) -> EdgeWeights:
         return EdgeWeights(self.edge_weights(supernet.alphas[kind]), supernet.useful_ops(kind))
+
+
+#: off: a mixed edge converts each dilated op back from the polyphase domain itself
+#: (tests compare the two)
+phase_sum_enabled = True
 
 
 class MixedEdge(nn.Module):
@@ -114,8 +119,22 @@ class MixedEdge(nn.Module):
         pools that other edges of the cell also apply to ``x`` come from ``shared``."""
         out = None
         xr = None
+        phased: dict[int, list[torch.Tensor]] = {}  # d: [to_phases(xr, d), Σ dilated ops]
         for i in active:
             op = self.ops[i]
+            if isinstance(op, DilConv) and op.pre_relu and phase_sum_enabled:
+                if xr is None:
+                    xr = F.relu(x)
+                if op.phase_domain(xr):  # summed in the polyphase domain, converted once
+                    d = op.dw.dilation[0]
+                    if d not in phased:
+                        phased[d] = [to_phases(xr, d)]
+                    y = op.phase_body(phased[d][0], weights[i])
+                    if len(phased[d]) == 1:
+                        phased[d].append(y)
+                    else:
+                        phased[d][1].add_(y)
+                    continue
             if shared is not None and isinstance(op, Pool):
                 p = shared.pool(op, x)
                 if p is not None:
@@ -132,6 +151,9 @@ class MixedEdge(nn.Module):
             if (self.skip_dropout > 0 and self.training and self.stride == 1
                     and self.op_names[i] == "skip_connect"):
                 y = F.dropout(y, self.skip_dropout, training=True)
+            out = y if out is None else out.add_(y)
+        for d, (_, acc) in phased.items():
+            y = from_phases(acc, d, *x.shape[-2:])
             out = y if out is None else out.add_(y)
         return out
 

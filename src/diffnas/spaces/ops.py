@@ -129,6 +129,23 @@ class DilConv(Op):
     def body(self, xr: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         return scaled_bn(self.bn, self.pw(self.depthwise(xr)), scale)
 
+    def phase_domain(self, xr: torch.Tensor) -> bool:
+        """Whether :meth:`phase_body` applies to ``xr``: a stride-1 polyphase convolution on
+        sizes that are multiples of d (no padding pixel enters BN's batch statistics)."""
+        d = self.dw.dilation[0]
+        return (self._polyphase and self.dw.stride[0] == 1 and xr.shape[-2] % d == 0
+                and xr.shape[-1] % d == 0)
+
+    def phase_body(self, phases: torch.Tensor, scale: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        """:meth:`body` on ``phases = to_phases(xr, d)``, output left in the polyphase domain:
+        the 1×1 conv and BN act per pixel, and BN's statistics see the same pixels, so
+        ``from_phases`` of the result is ``body(xr)``. A mixed edge sums its dilated ops
+        there and converts once (:meth:`diffnas.spaces.base.MixedEdge.mix`)."""
+        k = self.dw.kernel_size[0]
+        y = F.conv2d(phases, self.dw.weight, None, 1, k // 2, 1, self.dw.groups)
+        return scaled_bn(self.bn, self.pw(y), scale)
+
 
 class SepConv(Op):
     """DARTS sep_conv: two stacked (ReLU → depthwise k×k → pointwise → BN), stride on the first."""
