@@ -124,11 +124,12 @@ class MixedEdge(nn.Module):
             op = self.ops[i]
             if isinstance(op, DilConv) and op.pre_relu and phase_sum_enabled:
                 if xr is None:
-                    xr = F.relu(x)
+                    xr = F.relu(x) if shared is None else shared.relu(x)
                 if op.phase_domain(xr):  # summed in the polyphase domain, converted once
                     d = op.dw.dilation[0]
                     if d not in phased:
-                        phased[d] = [to_phases(xr, d)]
+                        phased[d] = [to_phases(xr, d) if shared is None
+                                     else shared.phases(xr, d)]
                     y = op.phase_body(phased[d][0], weights[i])
                     if len(phased[d]) == 1:
                         phased[d].append(y)
@@ -143,7 +144,7 @@ class MixedEdge(nn.Module):
                     continue
             if op.pre_relu:
                 if xr is None:
-                    xr = F.relu(x)
+                    xr = F.relu(x) if shared is None else shared.relu(x)
                 inp = xr
             else:
                 inp = x

@@ -12,7 +12,12 @@ updates its own running averages as if it had run: the first edge's BN call upda
 buffers from the batch statistics ``μ, σ²``; the others apply the same update,
 ``r ← (1 − m)·r + m·μ`` with ``m·μ`` recovered from the first edge's buffers before and after.
 
-Not shared (the edge computes its op itself, as before): a BN that normalises with its running
+The ReLU that every convolution starts with, and the polyphase components of that ReLU's
+output which the dilated convolutions read (:func:`diffnas.spaces.ops.to_phases`), are the
+same on every edge leaving a node too, and are also computed once (:meth:`SharedWork.relu`,
+:meth:`SharedWork.phases`; exact: autograd sums the edges' gradients before the one backward).
+
+Pools not shared (the edge computes its op itself, as before): a BN that normalises with its running
 averages (evaluation), one with momentum ``None`` (cumulative averages differ per edge with
 their batch counts), an affine or synchronised BN, and inputs that are not the same tensor
 (PC-DARTS' partial channels hand each edge its own copy of the channel share).
@@ -27,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import Pool
+from .ops import Pool, to_phases
 
 #: off: every edge computes its pools itself (tests and benchmarks compare the two)
 ENABLED = True
@@ -40,6 +45,25 @@ class SharedWork:
 
     def __init__(self) -> None:
         self._pools: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor, Any]] = {}
+        self._maps: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _map(self, key: tuple[Any, ...], x: torch.Tensor, fn: Any) -> torch.Tensor:
+        if not ENABLED:
+            return fn(x)
+        hit = self._maps.get(key)
+        if hit is not None and hit[0] is x:
+            return hit[1]
+        y = fn(x)
+        self._maps[key] = (x, y)
+        return y
+
+    def relu(self, x: torch.Tensor) -> torch.Tensor:
+        """``F.relu(x)``, once per input tensor."""
+        return self._map(("relu", id(x)), x, F.relu)
+
+    def phases(self, xr: torch.Tensor, d: int) -> torch.Tensor:
+        """``to_phases(xr, d)``, once per input tensor and ``d``."""
+        return self._map(("phases", id(xr), d), xr, lambda t: to_phases(t, d))
 
     def pool(self, op: Pool, x: torch.Tensor) -> torch.Tensor | None:
         """``op(x)`` before its op weight (``bn(pool(x))``, or ``pool(x)`` without BN), computed
