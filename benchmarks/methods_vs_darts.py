@@ -154,11 +154,12 @@ def sweep(a: argparse.Namespace) -> None:
                  "locked": config == "standard"}
         old = data.setdefault("configs", {}).get(config, {})
         # same settings: add to the earlier measurements (other variants, more repeats)
-        runs: dict[str, list] = old.get("runs", {}) if all(
-            old.get(k) == v for k, v in entry.items()) else {}
+        same = all(old.get(k) == v for k, v in entry.items())
+        runs: dict[str, list] = old.get("runs", {}) if same else {}
         for v in variants:
             runs.setdefault(v, [])
-        data["configs"][config] = {**entry, "runs": runs}
+        data["configs"][config] = {**entry, "runs": runs,
+                                   **({"note": old["note"]} if same and "note" in old else {})}
         for r in range(a.repeats):
             for v in variants if r % 2 == 0 else variants[::-1]:
                 rec = run_json(child_cmd(v, config, a), a.timeout, a.threads, key="variant")
@@ -222,6 +223,8 @@ def render(data: dict) -> str:
             lines.append(f"| {v} | {fmt(t)} | {ratio(t, dt_)} | {fmt(med(ok, 'median_s'))} | "
                          f"{fmt(fl and fl / 1e9, 1)} | "
                          f"{ratio(fl, df)} | {fmt(mem)} | {ratio(mem, dm)} | {target} | {met} |")
+        if c.get("note"):  # what the sweep's records alone cannot say (e.g. other jobs running)
+            lines += ["", c["note"]]
         missing = [v for v in VARIANTS if v not in runs]
         if missing:
             lines += ["", f"Not measured at this config yet: {', '.join(missing)}."]
