@@ -98,14 +98,15 @@ def test_exactly_c_over_k_channels_go_through_every_op(space, channels, layers):
     edges = [m for m in net.modules() if isinstance(m, MixedEdge)]
     for edge in edges:
         edge.register_forward_pre_hook(lambda m, args: setattr(m, "_c_in", args[0].shape[1]))
-        for op in edge.ops:
-            body = op.body
+        for op in edge.ops:  # dilated convs may run in the polyphase domain (phase_body)
+            for name in ("body", "phase_body") if hasattr(op, "phase_body") else ("body",):
+                body = getattr(op, name)
 
-            def spy(inp, *rest, _body=body, _edge=edge):
-                seen.append((inp.shape[1], _edge._c_in))
-                return _body(inp, *rest)
+                def spy(inp, *rest, _body=body, _edge=edge):
+                    seen.append((inp.shape[1], _edge._c_in))
+                    return _body(inp, *rest)
 
-            op.body = spy
+                setattr(op, name, spy)
     net(torch.randn(2, 1, 16, 16))
     assert len(seen) == len(edges) * (len(net.op_names) - 1)  # every op but none, once
     assert {edge_c for _, edge_c in seen} >= {channels, 2 * channels}  # wider stages too
