@@ -6,7 +6,10 @@ At the start of epoch ``prune_epoch`` every edge keeps the ``prune_keep`` ops wi
 α; the α of the others are set to 0 (the kept ones keep their values, as the reference's
 ``prune``) and masked out: from then on each edge's op weights, sampled or deterministic, are
 zero on pruned ops and renormalised over the kept ones, so derivation never picks a pruned op.
-Pruned ops stay in the supernet and are still computed, with weight exactly 0.
+Pruned ops stay in the supernet and are still computed, with weight exactly 0. DrNAS' full
+progressive scheme (pruning at a stage switch together with the widening of the partial
+channels, K 6 → 4) is the drnas option ``progressive_k`` (:mod:`.drnas`), which prunes the same
+way but builds the next stage's supernet without the pruned ops.
 """
 
 from __future__ import annotations
