@@ -12,7 +12,7 @@ from diffnas.engine.search import build_search, search
 from diffnas.errors import DiffnasError
 from diffnas.methods import METHODS
 from diffnas.methods.parts import PARTS
-from diffnas.spaces import NB201Genotype
+from diffnas.spaces import NB201Genotype, sharing
 
 CPU = torch.device("cpu")
 BASELINES = ("gdas", "snas", "fairdarts", "drnas")
@@ -24,7 +24,9 @@ def build(tiny_cfg, method, space="nb201", steps=4, **kw):
 
 
 def count_op_calls(net):
-    """Wrap every op's ``body`` so that ``calls[(edge module id, op index)]`` counts its runs."""
+    """Wrap every op's ``body`` (and ``phase_body``, DilConv's polyphase form) so that
+    ``calls[(edge module id, op index)]`` counts its runs. Pools shared between the edges of a
+    node (spaces.sharing) skip the body of all but one edge: count with sharing off."""
     calls: dict[tuple[int, int], int] = {}
     def counting(body, key):
         def wrapped(*a, **k):
@@ -35,12 +37,16 @@ def count_op_calls(net):
     for edge in (m for m in net.modules() if hasattr(m, "ops") and hasattr(m, "op_names")):
         for i, op in enumerate(edge.ops):
             op.body = counting(op.body, (id(edge), i))
+            if hasattr(op, "phase_body"):
+                op.phase_body = counting(op.phase_body, (id(edge), i))
     return calls
 
 
 # ------------------------------------------------------------------------------- GDAS: one op
 @pytest.mark.parametrize("space", ["nb201", "darts"])
-def test_gdas_computes_one_op_per_edge_and_every_alpha_gets_a_gradient(tiny_cfg, space):
+def test_gdas_computes_one_op_per_edge_and_every_alpha_gets_a_gradient(tiny_cfg, space,
+                                                                       monkeypatch):
+    monkeypatch.setattr(sharing, "ENABLED", False)  # count_op_calls counts op bodies
     torch.manual_seed(0)
     net, _, method = build(tiny_cfg, "gdas", space)
     net.train()
