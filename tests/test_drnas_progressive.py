@@ -23,7 +23,7 @@ PROG = {"drop_none": "1", "progressive_k": "4,2", "progressive_keep": "3"}
 
 
 def _cfg(tiny_cfg, **args):
-    return tiny_cfg(method="drnas", space="darts", epochs=3, layers=3, subset=64,
+    return tiny_cfg(method="drnas", space="darts", epochs=3, layers=3, subset=32,
                     method_args={**PROG, **args})
 
 

@@ -120,7 +120,7 @@ def test_gradient_pushes_alpha_towards_cheaper_ops(tiny_cfg, estimator):
 
 
 def test_search_logs_the_term_and_presets_use_it_where_the_reference_did(tiny_cfg, tmp_path):
-    cfg = tiny_cfg(method="snas", space="darts", epochs=1, layers=3, subset=64,
+    cfg = tiny_cfg(method="snas", space="darts", epochs=1, layers=3, subset=32,
                    method_args={**RES, "resource_weight": "0.01"})
     result = search(cfg, out=tmp_path / "r", progress=False)
     value = result.history[-1]["train_arch_resource"]
