@@ -59,7 +59,7 @@ def _run(net, x, shared: bool, steps: int = 2):  # type: ignore[no-untyped-def]
 
 CASES = [("darts", "all", {}), ("darts", "all", {"partial_channels": 2}),
          ("darts", "subset", {}), ("darts", "one", {}),
-         ("darts", "all", {"edge_ops": "keep"}), ("darts", "one", {"edge_batch_stats": True}),
+         ("darts", "all", {"edge_ops": "keep"}), ("darts", "one", {"bn_batch_stats": True}),
          ("nb201", "all", {}), ("nb201", "one", {}), ("darts-odd", "all", {})]
 
 
@@ -118,7 +118,7 @@ def test_dispatch_shares_in_training_and_falls_back_in_evaluation():
         assert _pool_calls(net, x) == 2 * 14
     pc = build_supernet("darts", 4, 1, 10, 1, partial_channels=2).train()
     assert _pool_calls(pc, x) == 2 * 14  # partial channels: each edge its own copy
-    gdas = build_supernet("darts", 4, 1, 10, 1, edge_batch_stats=True).eval()
+    gdas = build_supernet("darts", 4, 1, 10, 1, bn_batch_stats=True).eval()
     with torch.no_grad():  # batch statistics in evaluation too: shared
         assert _pool_calls(gdas, x) == 2 * 5
     old = sharing.ENABLED

@@ -57,7 +57,7 @@ GENERIC_OPTIONS: dict[str, Any] = {
     "drop_none": False,        # build the supernet without the `none` op (FairDARTS)
     "partial_channels": 1,     # ops on C/K channels of each edge, K > 1 (PC-DARTS Eq. 2)
     "edge_norm": False,        # β per edge, softmaxed per node (PC-DARTS Eq. 3)
-    "edge_batch_stats": False,  # edge BNs use batch statistics in eval too (NB201 BN=0; GDAS)
+    "bn_batch_stats": False,  # all BNs use batch statistics in eval too (NB201 BN=0; GDAS)
     "arch_grad_clip": 0.0,     # clip ‖∇α‖ to this (0 = off; P-DARTS clips at 5)
     "fix_alpha": False,        # α is never updated: uniform α (DARTS-PT's "fix α" supernet)
     "proj_intv": 5,            # --select pt: fine-tuning epochs between decisions (DARTS-PT)
@@ -177,8 +177,8 @@ class SearchMethod(EdgePolicy):
             out["partial_channels"] = int(opts["partial_channels"])
         if opts["edge_norm"]:
             out["edge_norm"] = True
-        if opts["edge_batch_stats"]:
-            out["edge_batch_stats"] = True
+        if opts["bn_batch_stats"]:
+            out["bn_batch_stats"] = True
         for ps in chosen.values():
             for p in ps:
                 out.update(p.supernet_options(opts))

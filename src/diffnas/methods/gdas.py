@@ -21,9 +21,9 @@ Deviations (one line each):
   gradient Σ∂L/∂y); we do not (see :mod:`.edges`), so α's gradient is the plain straight-through.
 - the reference anneals the learning rate per iteration; the loop steps it per epoch.
 - the reference samples in its validation pass too; our validation uses argmax softmax(α).
-- the edges' batch norms use batch statistics in evaluation too (``edge_batch_stats``): as the
-  NAS-Bench-201 reference run (GDAS.sh with BN=0); its DARTS-space script tracks running stats,
-  but averages over drawn ops do not fit the argmax cell our validation runs (val acc at chance).
+- every batch norm uses batch statistics in evaluation too (``bn_batch_stats``); the reference's
+  NB201 run (GDAS.sh, BN=0) does so in the cells only, and tracks elsewhere, but it also samples
+  when validating; averages over drawn ops misfit the argmax cell ours runs (val acc at chance).
 - GDAS' FRC variant (a fixed hand-designed reduction cell) is not built; both cells are searched
   as in ``GDAS-NASNet-CIFAR.config``.
 """
@@ -43,7 +43,7 @@ class GDAS(SearchMethod):
                                        "derivation": "argmax", "regularisers": ""}
     part_options: ClassVar[dict[str, Any]] = {"tau_max": 10.0, "tau_min": 0.1,
                                               "tau_schedule": "linear", "w_first": True,
-                                              "nesterov": True, "edge_batch_stats": True}
+                                              "nesterov": True, "bn_batch_stats": True}
 
 
 _OPT: dict[str, Any] = dict(w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_weight_decay=5e-4,

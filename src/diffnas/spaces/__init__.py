@@ -30,8 +30,8 @@ def build_supernet(space: str, channels: int, layers: int, num_classes: int,
     """The search supernet of ``space``; ``options`` are construction options every space takes
     (``partial_channels``, ``edge_norm``: see :mod:`diffnas.spaces.base`; ``aux_skip``: DARTS-'
     auxiliary skip on every edge, :meth:`Supernet.add_aux_skip`; ``edge_ops``: the kept ops
-    of every edge, :meth:`Supernet.keep_ops`; ``edge_batch_stats``:
-    :meth:`Supernet.edge_batch_stats`), usually a method's
+    of every edge, :meth:`Supernet.keep_ops`; ``bn_batch_stats``:
+    :meth:`Supernet.bn_batch_stats`), usually a method's
     :meth:`~diffnas.methods.base.SearchMethod.supernet_options`. ``image_size``: the input's
     height = width, passed to the spaces in :data:`SIZED_SPACES` (``mbconv`` sets its strides
     from it) and ignored by the others."""
@@ -41,7 +41,7 @@ def build_supernet(space: str, channels: int, layers: int, num_classes: int,
         options["image_size"] = int(image_size)
     aux_skip = bool(options.pop("aux_skip", False))
     edge_ops = options.pop("edge_ops", None)
-    batch_stats = bool(options.pop("edge_batch_stats", False))
+    batch_stats = bool(options.pop("bn_batch_stats", False))
     net = SPACES[space](channels=channels, layers=layers, num_classes=num_classes,
                         in_channels=in_channels, **options)
     if aux_skip:
@@ -49,7 +49,7 @@ def build_supernet(space: str, channels: int, layers: int, num_classes: int,
     if edge_ops is not None:  # a stage with fewer candidate ops per edge (P-DARTS)
         net.keep_ops(edge_ops)
     if batch_stats:
-        net.edge_batch_stats()
+        net.bn_batch_stats()
     return net
 
 

@@ -302,16 +302,16 @@ class Supernet(nn.Module):
             edge.aux.to(device)  # type: ignore[union-attr]
         self._channels_last()
 
-    def edge_batch_stats(self) -> None:
-        """Make the batch norms inside the search edges normalise with the batch's statistics
-        in evaluation too (``track_running_stats=False``, as NAS-Bench-201's reference search
-        scripts run with ``BN=0``). Running averages taken while each forward trains a drawn
-        subset of ops (GDAS) do not describe the argmax cell that evaluation runs."""
-        for edge in self.mixed_edges():
-            for m in edge.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.track_running_stats = False
-                    m.running_mean = m.running_var = m.num_batches_tracked = None
+    def bn_batch_stats(self) -> None:
+        """Make every batch norm of the supernet normalise with the batch's statistics in
+        evaluation too (``track_running_stats=False``; NAS-Bench-201's reference search scripts
+        do so for the cells' ops with ``BN=0``). Running averages taken while each forward
+        trains a drawn subset of ops (GDAS) describe neither the argmax cell that evaluation
+        runs nor, downstream of the cells, the features it gives the stem-to-head BNs."""
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.track_running_stats = False
+                m.running_mean = m.running_var = m.num_batches_tracked = None
 
     def set_aux_scale(self, scale: float) -> None:
         """β_skip of DARTS-' auxiliary skips (the same on every edge)."""
