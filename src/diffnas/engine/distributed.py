@@ -32,8 +32,8 @@ What a data-parallel step is (the rules of :func:`session`'s :class:`Dist`):
   checkpoint (:meth:`Dist.average_buffers`), so evaluation and the checkpoint are identical on
   every rank. ``--sync-bn`` (:func:`convert_sync_bn`) normalises training batches with the
   statistics of the global batch (a differentiable all-reduce of Σx, Σx² and the count; its
-  backward all-reduces their gradients), so a step computes the one-process step up to float
-  summation order.
+  backward all-reduces their gradients: one small all-reduce per batch norm and pass), so a
+  step computes the one-process step up to float summation order (and drop-path's draws).
 - Only rank 0 writes the run folder (:class:`FollowerRunFolder` for the others), shows the
   progress bar and prints; every rank reads the same checkpoint on ``--resume``.
 - Evaluation splits the evaluation batches round-robin over the ranks and all-reduces the
@@ -45,8 +45,14 @@ What a data-parallel step is (the rules of :func:`session`'s :class:`Dist`):
   the process group's timeout (``$DIFFNAS_DIST_TIMEOUT`` seconds, default 600). Checkpoints
   are written atomically by rank 0, so the last one stays intact.
 - Resume with another number of ranks: allowed with ``--sync-bn`` (a step is then the same
-  function of the global batch for any N that divides it); refused without it, because the
-  per-rank BN statistics make the result depend on B/N.
+  function of the global batch for any N that divides it, up to float summation order; only
+  drop-path's masks, drawn per local row, follow the ranks' rows); refused without it,
+  because the per-rank BN statistics make the result depend on B/N.
+- Not data-parallel: SDARTS-ADV's attack (its PGD gradient and accept/reject test run on each
+  rank's share, so each rank perturbs its forward on its own; the weight gradients are
+  still averaged, so parameters stay identical); ``--hessian-every``'s power iteration runs
+  on every rank on the same fixed batches (rank 0's value is broadcast). ``diffnas
+  experiment`` runs are not started under torchrun (one process per run).
 
 Why explicit all-reduce and not ``DistributedDataParallel``: DDP averages gradients from hooks
 that fire during ``loss.backward()`` after a forward through its wrapper, over a parameter set
@@ -301,8 +307,8 @@ def _timeout_s() -> float:
 
 
 #: messages of a collective whose peer is gone (gloo, NCCL, the TCP store)
-_PEER_GONE = ("connection closed", "connection reset", "broken pipe", "timed out", "timeout",
-              "peer", "socket", "nccl", "gloo", "store")
+_PEER_GONE = ("connection closed", "connection reset", "connection refused", "broken pipe",
+              "timed out", "timeout", "by peer", "gloo", "nccl", "tcpstore")
 
 
 @contextmanager
@@ -343,21 +349,20 @@ def session(device: torch.device, sync_bn: bool = False) -> Iterator[Dist | None
     ctx = Dist(rank, world, local, device, sync_bn)
     _CURRENT = ctx
     base.GRAD_REDUCER = ctx.average_grads
-    failed = False
+    failed = True  # until the run returns (Ctrl-C included: then no barrier either)
     try:
         yield ctx
+        failed = False
     except DiffnasError:
-        failed = True
         raise
     except Exception as e:  # noqa: BLE001 - sorted below: a peer's failure or our own error
-        failed = True
         text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         if isinstance(e, dist.DistError) or any(w in text.lower() for w in _PEER_GONE):
             raise DiffnasError(
                 f"rank {rank} of {world}: a collective failed, so another rank stopped or "
-                f"cannot be reached ({type(e).__name__}: {text}); every rank stops. The last "
-                "checkpoint rank 0 wrote is intact: run the same torchrun command with "
-                "--resume") from None
+                f"cannot be reached ({type(e).__name__}: {text}); every rank stops. Rank 0 "
+                "writes checkpoints atomically, so the last one (if an epoch finished) is "
+                "intact: run the same torchrun command with --resume") from None
         raise
     finally:
         base.GRAD_REDUCER = None
@@ -481,7 +486,7 @@ def convert_sync_bn(module: nn.Module) -> nn.Module:
     """Make every 2-d batch norm of ``module`` normalise training batches with the statistics
     of the global batch (in place; state dicts unchanged). Unlike ``nn.SyncBatchNorm`` it also
     runs on CPU (gloo); evaluation uses the running averages as before, and batch norms
-    without running averages (``edge_batch_stats``) normalise evaluation batches per rank."""
+    without running averages (``bn_batch_stats``) normalise evaluation batches per rank."""
     for m in module.modules():
         if type(m) is nn.BatchNorm2d:
             m.__class__ = _SyncBatchNorm
