@@ -133,7 +133,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--order", type=int, default=1, choices=(1, 2))
     ap.add_argument("--timeout", type=float, default=900)
-    ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--no-write", action="store_true",
+                    help="print the section instead of writing it into BENCHMARKS.md")
     args = ap.parse_args()
     if args.worker:
         worker(args)
@@ -148,9 +149,9 @@ def main() -> None:
               "loadavg_after": round(os.getloadavg()[0], 2)}
     text = report(result)
     print(text)
+    (REPO / "benchmarks" / "results" / "ddp_cpu.json").write_text(
+        json.dumps(result, indent=1) + "\n")
     if not args.no_write:
-        out = REPO / "benchmarks" / "results" / "ddp_cpu.json"
-        out.write_text(json.dumps(result, indent=1) + "\n")
         write_section(REPO / "BENCHMARKS.md", HEADING, text)
 
 
