@@ -202,7 +202,8 @@ def test_parse_genotype_from_text_json_file_and_run_folder(tmp_path):
 def test_parse_genotype_errors(tmp_path):
     with pytest.raises(DiffnasError, match="line 1 column 18"):
         parse_genotype('{"space": "darts"')
-    with pytest.raises(DiffnasError, match="unknown genotype space 'xyz'; valid: darts, mbconv, nb201"):
+    with pytest.raises(DiffnasError,
+                       match="unknown genotype space 'xyz'; valid: darts, mbconv, nb201"):
         parse_genotype('{"space": "xyz"}')
     missing = tmp_path / "nothing-here"
     with pytest.raises(DiffnasError, match="cannot read genotype") as e:
