@@ -261,3 +261,11 @@ def test_stc_js_term_ignores_the_skip_a_stage_first_layer_lacks(tiny_cfg):
     with torch.no_grad():
         net.alphas["layer"][firsts, OPS.index("skip_connect")] = 1.0
     assert torch.equal(method.js_term(), before)
+
+
+@pytest.mark.parametrize("method, message", [
+    ("cdarts", "the mbconv chain has none"), ("pcdarts", "does not take PC-DARTS' partial"),
+])
+def test_methods_that_do_not_apply_say_so(tiny_cfg, method, message):
+    with pytest.raises(DiffnasError, match=message):
+        build_search(tiny_cfg(method=method, space="mbconv", channels=8), 1, 8, 10, 1, CPU)

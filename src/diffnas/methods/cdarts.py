@@ -303,6 +303,9 @@ class CDARTS(SearchMethod):
             if not ok:
                 raise DiffnasError(f"method 'cdarts': {msg}")
 
+        need(net.space != "mbconv", "its evaluation network E is a cell network built from "
+             "the DARTS or NAS-Bench-201 genotype (weight pool by cell edge); the mbconv chain "
+             "has none: use darts, nb201 or their -imagenet spaces")
         for key, what in (("s_u", "S_U, epochs between evaluation-network rebuilds"),
                           ("s_e", "S_E, epochs of separate learning of the evaluation network")):
             need(float(o[key]) > 0, f"option {key} ({what}) must be positive, got {o[key]}")
