@@ -87,6 +87,27 @@ for name, kw in jobs["search"].items():
     net, obj, method = built[-1]
     torch.save({"modules": [m.state_dict() for m in distributed.method_modules(net, obj, method)],
                 "genotype": str(res.genotype)}, f"{out}/{name}.rank{rank}.pt")
+from diffnas.errors import DiffnasError
+from diffnas.methods.base import SearchMethod
+
+step = SearchMethod.step
+
+
+def poisoned(self, train, val):  # a NaN loss on rank 1 only, in the 4th step
+    stats = step(self, train, val)
+    if rank == 1 and self.global_step == 4:
+        stats["loss"] = float("nan")
+    return stats
+
+
+SearchMethod.step = poisoned
+try:
+    S.search(resolve_config(None, **jobs["nan"]), out=f"{out}/nan", progress=False)
+    msg = "no error"
+except DiffnasError as e:
+    msg = str(e)
+SearchMethod.step = step
+open(f"{out}/nan.rank{rank}.txt", "w").write(msg)
 from diffnas.engine import train as T
 
 nets = []
@@ -165,7 +186,7 @@ def worker_results(tmp_path_factory):
 
     root = _image_folder(out / "inet", [(50, 40), (40, 50), (64, 64), (48, 36)])
     trains = {k: {**v, "dataset": v["dataset"].format(root=root)} for k, v in TRAINS.items()}
-    jobs = {"search": {**SEARCHES, "killed": KILLED}, "train": trains,
+    jobs = {"search": {**SEARCHES, "killed": KILLED}, "train": trains, "nan": TINY,
             "step": [("1", 1, False), ("2", 2, False), ("sync", 1, True)],
             "step_cfg": dict(dataset="digits", channels=4, layers=2, batch_size=16,
                              device="cpu")}
@@ -277,6 +298,16 @@ def test_kill_one_rank_mid_epoch_then_resume_gives_the_uninterrupted_genotype(
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1, 2]
     assert all(r["world_size"] == 2 for r in records)
+
+
+def test_a_nan_on_one_rank_stops_every_rank(worker_results):
+    msgs = [(worker_results / f"nan.rank{r}.txt").read_text() for r in range(2)]
+    assert msgs[0] == msgs[1], msgs  # rank 0 saw rank 1's NaN in the all-reduced stats
+    assert msgs[0].startswith("loss became nan at epoch 1 step 1"), msgs[0]
+    assert "the last good checkpoint (epoch 0)" in msgs[0]
+    assert msgs[0] in (worker_results / "nan" / "log.txt").read_text()
+    assert int(torch.load(worker_results / "nan" / "checkpoint.pt",
+                          weights_only=True)["epoch"]) == 0
 
 
 def test_resume_with_another_rank_count_needs_sync_bn(worker_results, tmp_path):
