@@ -82,8 +82,8 @@ class SharedWork:
                 return None
         pool = op.pool
         key = (id(x), type(pool).__name__, pool.kernel_size, pool.stride, pool.padding,
-               bn is None, None if bn is None else bn.eps, updating,
-               bn.momentum if updating else None)
+               pool.ceil_mode, getattr(pool, "count_include_pad", None), bn is None,
+               None if bn is None else bn.eps, updating, bn.momentum if updating else None)
         hit = self._pools.get(key)
         if hit is not None and hit[0] is x:
             _, out, deltas = hit
