@@ -115,8 +115,11 @@ class MixedEdge(nn.Module):
 
     def mix(self, x: torch.Tensor, weights: torch.Tensor, active: Sequence[int],
             shared: SharedWork | None = None) -> torch.Tensor | None:
-        """``Σ_{o ∈ active} w_o · op_o(x)`` over the ops' channels (None if none is active);
-        pools that other edges of the cell also apply to ``x`` come from ``shared``."""
+        """``Σ_{o ∈ active} w_o · op_o(x)`` over the ops' channels (None if none is active).
+
+        The pools, the ReLU and its polyphase components, which other edges of the cell also
+        compute from ``x``, come from ``shared``; the dilated convs are summed in the
+        polyphase domain and converted back once (:meth:`DilConv.phase_body`)."""
         out = None
         xr = None
         phased: dict[int, list[torch.Tensor]] = {}  # d: [to_phases(xr, d), Σ dilated ops]
@@ -162,7 +165,7 @@ class MixedEdge(nn.Module):
                 bypass_scale: torch.Tensor | None = None,
                 shared: SharedWork | None = None) -> torch.Tensor | None:
         """The edge's output; ``shared`` (one per cell forward, :mod:`.sharing`) lets edges
-        that read the same tensor compute their pools once."""
+        that read the same tensor compute their pools and ReLU once."""
         k = self.partial_channels
         if k == 1:
             return self.dropped(self.add_aux(x, self.mix(x, weights, active, shared)))
