@@ -185,11 +185,11 @@ def test_threshold_derivation_on_hand_set_alpha_nb201(tiny_cfg):
     assert method.derive().ops == ("nor_conv_1x1",) * 6
 
 
-def test_gdas_normalises_with_batch_statistics_in_eval(tiny_cfg):
-    """GDAS trains drawn ops but validates the argmax cell: its BNs keep no running averages
-    (the reference's NB201 BN=0, there in the cells only); the other methods' BNs still do."""
+def test_sampling_methods_normalise_with_batch_statistics_in_eval(tiny_cfg):
+    """GDAS and SNAS train drawn ops but validate α's cell or mixture: their BNs keep no
+    running averages (the reference's NB201 BN=0, there in the cells only); others' still do."""
     from torch import nn
-    for name, tracked in (("gdas", False), ("darts", True)):
+    for name, tracked in (("gdas", False), ("snas", False), ("darts", True)):
         net, _, _ = build(tiny_cfg, name, "nb201")
         bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
         assert net.stem[1] in bns and all(m.track_running_stats is tracked for m in bns)
