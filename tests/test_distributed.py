@@ -39,6 +39,7 @@ SEARCHES: dict[str, dict[str, Any]] = {
     "semantic": dict(TINY, method="semantic", image_size=16, epochs=1,
                      objective_args={"patch_size": 4, "mask_ratio": 0.6}),
     "stc": dict(TINY, method="stc"),
+    "gdas": dict(TINY, method="gdas"),  # Gumbel samples from the global RNG, on every rank
     "cdarts": dict(TINY, method="cdarts", layers=3,
                    method_args={"e_layers": 3, "s_e": 0.5, "s_u": 0.5}),
 }
