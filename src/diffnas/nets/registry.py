@@ -252,7 +252,7 @@ register(Published(
         "mbconv:k5_e3,k3_e3,skip_connect,skip_connect/k7_e3,k3_e3,k5_e3,k5_e3/"
         "k7_e6,k5_e3,k5_e3,k5_e3/k5_e6,k5_e3,k5_e3,k5_e3/k7_e6,k7_e6,k7_e3,k7_e3/k7_e6"
         ";widths=32,40,80,96,192,320"),
-    "Cai, Zhu & Han, ProxylessNAS, ICLR 2019 (Fig. 4, the mobile model); layers, kernels, "
+    "Cai, Zhu & Han, ProxylessNAS, ICLR 2019 (the mobile model); layers, kernels, "
     "expansions and widths as transcribed from its net.config in osmr/imgclsmob "
     "pytorch/pytorchcv/models/proxylessnas.py (commit 86c1d36), whose test pins 4,080,512 "
     "parameters",

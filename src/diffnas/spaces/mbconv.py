@@ -1,6 +1,6 @@
 """The chain-structured MBConv search space ``mbconv`` (ProxylessNAS: Cai, Zhu & Han,
-"ProxylessNAS: Direct Neural Architecture Search on Target Task and Hardware", ICLR 2019,
-§4.2 and Fig. 4; the space CDARTS' §4.6 chain-structured search and FBNet/TF-NAS use).
+"ProxylessNAS: Direct Neural Architecture Search on Target Task and Hardware", ICLR 2019;
+the space CDARTS' §4.6 chain-structured search and FBNet/TF-NAS use).
 
 One chain of layers; every searchable layer is one mixed edge whose candidates are the
 MBConv blocks (MobileNetV2's inverted bottleneck: 1×1 expansion conv → BN → ReLU6 → k×k
@@ -47,8 +47,9 @@ r ≤ 5 of them with ⌈S / 2^r⌉ ≥ 4 and gives stride 1 to the first 5 − r
 stage 1, stage 2, ...): 224² → all five (7×7 at the end), CIFAR 32² → the last three (4×4,
 MobileNetV2's usual CIFAR adaptation: stem and first stage at stride 1), Fashion-MNIST 28² →
 three (4×4), 16² → two, digits 8² → one. The layers that remain at a given resolution are
-those the paper's network runs there; skippability does not depend on the strides (every
-stage's first layer changes the width).
+those the paper's network runs there. Skippability depends on neither strides nor widths: a
+stage's first layer is never skippable (at the paper's widths it always changes the width;
+below ``channels = 8`` the rounding can keep it, e.g. 8 → 8, and it is still not skippable).
 
 Genotype: :class:`MBConvGenotype` — the op of every searched layer, grouped by stage, and the
 six stage widths (the paper's table unless a published network used other widths:
@@ -63,7 +64,7 @@ Deviations (paper/reference says X, we do Z because ...):
 * ProxylessNAS' supernet puts a ``Zero`` op in the mixed edge and the identity shortcut
   outside it (layer = x + Σ_o w_o op_o(x)); we make the skip an identity candidate and every
   skippable MBConv candidate carry its own residual (layer = Σ_o w_o op_o(x), each op a whole
-  block, FBNet's formulation, Wu et al. CVPR 2019 Eq. 2). With weights summing to 1
+  block, FBNet's formulation, Wu et al. CVPR 2019). With weights summing to 1
   (softmax, Gumbel, Dirichlet) the two are the same function; with ReLU/sigmoid weights
   (STC-NAS, FairDARTS) ours scales the whole block, and a sampled skip passes its input with
   a gradient for its α, where a sampled ``Zero`` gives its α none.
