@@ -14,7 +14,10 @@ What a data-parallel step is (the rules of :func:`session`'s :class:`Dist`):
   (:meth:`Dist.shard`: rows ``r·B/N .. (r+1)·B/N``). So the ranks read disjoint shares, the
   generators stay in lockstep, and the union of the shares is exactly the one-process batch.
   A batch that does not split evenly is an error (:meth:`Dist.check_batch`): unequal shares
-  would weight the ranks' mean losses unequally.
+  would weight the ranks' mean losses unequally. (The price: every rank augments and
+  prepares the whole global batch, a small share of a search step. Retraining draws the
+  augmentation for the whole batch but applies it to the share only (:meth:`Dist.augment`),
+  and an ``imagenet:`` folder decodes only the rank's images.)
 - Gradients: every gradient a step takes through :func:`diffnas.methods.base.grads_of` (the
   α step, the w step, the second-order virtual step, its finite-difference
   Hessian-vector products, CDARTS' evaluation network E and its joint step) is averaged
@@ -35,7 +38,9 @@ What a data-parallel step is (the rules of :func:`session`'s :class:`Dist`):
   backward all-reduces their gradients: one small all-reduce per batch norm and pass), so a
   step computes the one-process step up to float summation order (and drop-path's draws).
 - Only rank 0 writes the run folder (:class:`FollowerRunFolder` for the others), shows the
-  progress bar and prints; every rank reads the same checkpoint on ``--resume``.
+  progress bar and prints; every rank reads the same checkpoint on ``--resume``. Records
+  gain ``world_size``; their losses and accuracies are the ranks' means, ``peak_mem_gib``
+  is rank 0's process.
 - Evaluation splits the evaluation batches round-robin over the ranks and all-reduces the
   sums (the same batches as one process, so the same numbers up to summation order).
 - Faults: a non-finite loss on any rank is seen by all (the step's stats are all-reduced, a
@@ -449,6 +454,7 @@ class _SyncBatchNorm(nn.BatchNorm2d):
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         self._check_input_dim(x)
+        dtype, x = x.dtype, x.float()  # statistics in float32 (also under autocast)
         dims = [0, *range(2, x.dim())]
         count = x.new_tensor([x.numel() / x.shape[1]])
         local = torch.cat([x.sum(dims), (x * x).sum(dims), count])
@@ -472,7 +478,7 @@ class _SyncBatchNorm(nn.BatchNorm2d):
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.weight is not None:
             y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return y.to(dtype)
 
 
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
