@@ -15,7 +15,7 @@ from diffnas.errors import DiffnasError
 from diffnas.methods import METHODS
 from diffnas.methods.stc import STC, js_divergence, subcell
 from diffnas.objectives import OBJECTIVES, Batch, LossOutput, Objective
-from diffnas.spaces import DartsGenotype, NB201Genotype
+from diffnas.spaces import DartsGenotype, NB201Genotype, sharing
 
 CPU = torch.device("cpu")
 
@@ -33,14 +33,17 @@ def batches(seed: int = 0, n: int = 8) -> tuple[Batch, Batch]:
 
 
 class OpCalls:
-    """Counts, per (kind-less) edge module and op index, how often each candidate op ran."""
+    """Counts, per (kind-less) edge module and op index, how often each candidate op ran.
+    Pools shared by the edges of a node (spaces.sharing) skip the op's body: counting turns
+    sharing off for the test (``monkeypatch``)."""
 
-    def __init__(self, net) -> None:
+    def __init__(self, net, monkeypatch) -> None:
+        monkeypatch.setattr(sharing, "ENABLED", False)
         self.counts: dict[tuple[int, int], int] = {}
         self.edges = [m for m in net.modules() if type(m).__name__ == "MixedEdge"]
         for ei, edge in enumerate(self.edges):
             for oi, op in enumerate(edge.ops):
-                for attr in ("forward", "body"):
+                for attr in ("forward", "body", "phase_body"):  # phase_body: DilConv's
                     if hasattr(op, attr):
                         setattr(op, attr, self._wrap(getattr(op, attr), (ei, oi)))
 
@@ -68,9 +71,9 @@ def edge_kinds(net) -> list[tuple[str, int]]:
 
 
 @pytest.mark.parametrize("space", ["darts", "nb201"])
-def test_only_sampled_ops_run_and_get_gradients(tiny_cfg, space):
+def test_only_sampled_ops_run_and_get_gradients(tiny_cfg, space, monkeypatch):
     net, _, m = make(tiny_cfg, space, cfg_kw={"layers": 3})  # DARTS: 1 normal, 2 reduction
-    calls = OpCalls(net)
+    calls = OpCalls(net, monkeypatch)
     m.begin_epoch(0)
     net.train()
     train, val = batches()
@@ -271,7 +274,8 @@ def test_noise_and_lambda_schedules(tiny_cfg):
 
 
 @pytest.mark.parametrize("space", ["darts", "nb201"])
-def test_noise_free_sampling_is_deterministic_and_the_derived_genotype(tiny_cfg, space):
+def test_noise_free_sampling_is_deterministic_and_the_derived_genotype(tiny_cfg, space,
+                                                                     monkeypatch):
     net, _, m = make(tiny_cfg, space, noise=0.0)
     with torch.no_grad():
         for a in net.alphas.values():
@@ -285,7 +289,7 @@ def test_noise_free_sampling_is_deterministic_and_the_derived_genotype(tiny_cfg,
                for k in net.alphas)
     # the eval-mode network runs exactly the derived genotype's ops
     net.eval()
-    calls = OpCalls(net)
+    calls = OpCalls(net, monkeypatch)
     with torch.no_grad():
         net(batches()[0].x)
     want = subcell(net, derived)
