@@ -128,13 +128,16 @@ def main() -> None:
         if not wait_for(s_dir / "result.json", 7200):
             results["runs"][name] = {"error": "search did not finish"}
             continue
-        if not (t_dir / "result.json").exists():
+        if not (t_dir / "log.txt").exists():  # else started elsewhere: waited for below
             trains[name] = start(diffnas("train", str(s_dir), "--preset", "cpu", "--subset",
                                          str(args.retrain_subset), "--out", str(t_dir),
                                          "--no-progress", "--json"),
                                  out / f"train-{name}.log", args.threads)
     for proc in trains.values():
         proc.wait()
+    for name in searches:
+        if (out / f"train-{name}" / "log.txt").exists():
+            wait_for(out / f"train-{name}" / "result.json", 7200)
     # measurements last, one at a time (nothing else of this benchmark running)
     from diffnas.engine.latency import check_prediction
     from diffnas.spaces import parse_genotype
