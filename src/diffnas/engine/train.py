@@ -86,7 +86,6 @@ from ..nets import build_network, count_cost
 from ..nets.registry import lookup
 from ..spaces import parse_genotype
 from . import distributed
-from . import distributed
 from .runfolder import RunFolder
 from .search import epoch_seed, peak_memory_gib, resolve_device
 
@@ -135,7 +134,6 @@ class TrainConfig(ConfigBase):
     amp: bool = True                    # mixed precision (CUDA only)
     channels_last: bool = True          # channels-last layout (see Trainer)
     workers: int = 8                    # decoding threads for imagenet: folders
-    sync_bn: bool = False               # torchrun: BN statistics of the global batch (all ranks)
     sync_bn: bool = False               # torchrun: BN statistics of the global batch (all ranks)
 
     _label = "train config"
@@ -634,9 +632,6 @@ def _train(cfg: TrainConfig, run: RunFolder, resume: bool, progress: bool,
                       "train_loss": loss_sum / max(1, n_steps),
                       "train_acc": acc_sum / max(1, n_steps),
                       "images_per_s": n_img / max(train_time, 1e-9)}
-            if ddp is not None:  # BN running averages of the ranks, averaged; world size
-                ddp.average_buffers([net])
-                record["world_size"] = ddp.world
             if ddp is not None:  # BN running averages of the ranks, averaged; world size
                 ddp.average_buffers([net])
                 record["world_size"] = ddp.world
