@@ -53,22 +53,19 @@ RECORDS = "jobs.json"
 
 
 # ------------------------------------------------------------------------------- options
-def _positive_int(v: Any) -> int:
-    if isinstance(v, bool):
-        raise ValueError
-    n = int(v) if isinstance(v, int) else int(str(v).strip())
-    if n < 1:
-        raise ValueError
-    return n
+def _int_at_least(low: int) -> Any:
+    """A parser of whole numbers ≥ ``low`` (ValueError otherwise; booleans are refused)."""
+    def parse(v: Any) -> int:
+        if isinstance(v, bool):
+            raise ValueError
+        n = int(v) if isinstance(v, int) else int(str(v).strip())
+        if n < low:
+            raise ValueError
+        return n
+    return parse
 
 
-def _count(v: Any) -> int:
-    if isinstance(v, bool):
-        raise ValueError
-    n = int(v) if isinstance(v, int) else int(str(v).strip())
-    if n < 0:
-        raise ValueError
-    return n
+_positive_int, _count = _int_at_least(1), _int_at_least(0)
 
 
 def _gigabytes(v: Any) -> float:
