@@ -217,8 +217,8 @@ class _Subsample(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        gx = torch.zeros(ctx.shape, dtype=ctx.dtype, device=ctx.device).contiguous(
-            memory_format=ctx.fmt)
+        gx = torch.empty(ctx.shape, dtype=ctx.dtype, device=ctx.device,
+                         memory_format=ctx.fmt).zero_()  # zeros made in the layout, not copied
         s = ctx.step
         for o, g in zip(ctx.offsets, grads, strict=True):
             if g is not None:
