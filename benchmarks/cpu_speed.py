@@ -112,7 +112,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--old-tree", default="/tmp/old")
     ap.add_argument("--old-commit", default=OLD_COMMIT)
-    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per process (2: the issue's wall-time setting on an "
+                         "idle 2-core machine)")
+    ap.add_argument("--no-write", action="store_true",
+                    help="print only (no BENCHMARKS.md section, no results JSON)")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.iters, args.warmup)))
@@ -128,13 +132,13 @@ def main() -> None:
                 os.environ["PYTHONPATH"] = str(trees[name])
                 rec = run_json([sys.executable, __file__, "--child", mode, "--iters",
                                 str(args.iters), "--warmup", str(args.warmup)], timeout=900,
-                               threads=1)
+                               threads=args.threads)
                 if "error" in rec:
                     raise SystemExit(f"{name} {mode}: {rec}")
                 if Path(rec["diffnas"]) != trees[name] / "diffnas":
                     raise SystemExit(f"{name} imported diffnas from {rec['diffnas']}")
                 runs[mode][name].append(rec)
-                print(f"{mode:<13} {name}: {rec['cpu_s']:.3f} CPU-s/step "
+                print(f"{mode:<13} {name}: {rec['cpu_s']:.3f} CPU-s/step, {rec['wall_s']:.3f} s "
                       f"({rec['images_per_cpu_s']:.0f} img/CPU-s), load {rec['loadavg_before']}",
                       flush=True)
     rows = []
@@ -142,33 +146,38 @@ def main() -> None:
         o = statistics.median(r["cpu_s"] for r in by["old"])
         n = statistics.median(r["cpu_s"] for r in by["new"])
         pairs = [a["cpu_s"] / b["cpu_s"] for a, b in zip(by["old"], by["new"], strict=True)]
-        rows.append((mode, o, n, o / n, min(pairs), max(pairs), by))
+        wo = statistics.median(r["wall_s"] for r in by["old"])
+        wn = statistics.median(r["wall_s"] for r in by["new"])
+        rows.append((mode, o, n, o / n, min(pairs), max(pairs), wo / wn, by))
     result = {"machine": machine(), "old_commit": args.old_commit, "runs": runs,
-              "summary": {m: {"old_cpu_s": o, "new_cpu_s": n, "speedup": s}
-                          for m, o, n, s, *_ in rows}}
-    out = REPO / "benchmarks" / "results" / "cpu_speed.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
+              "threads": args.threads,
+              "summary": {m: {"old_cpu_s": o, "new_cpu_s": n, "speedup": s, "wall_speedup": w}
+                          for m, o, n, s, _, _, w, _ in rows}}
+    if not args.no_write:
+        out = REPO / "benchmarks" / "results" / "cpu_speed.json"
+        out.write_text(json.dumps(result, indent=1) + "\n")
     m = result["machine"]
     lines = [HEADING, "",
-             f"`benchmarks/cpu_speed.py --repeats {args.repeats}`: {m.get('cpu')}, torch "
-             f"{m.get('torch')}, one thread per process, old and new in alternating fresh "
-             f"processes, load average {load_range(runs)} (other jobs running). CPU-seconds "
-             f"per step, median of {args.iters} steps after {args.warmup} warm-up, median over "
-             "the repeats; speed-up = old / new (range over the interleaved pairs).", "",
-             "| step | c520754 CPU-s | this tree CPU-s | speed-up | pairs |",
-             "|---|---|---|---|---|"]
+             f"`benchmarks/cpu_speed.py --repeats {args.repeats} --threads {args.threads}`: "
+             f"{m.get('cpu')}, torch {m.get('torch')}, {args.threads} thread(s) per process, "
+             f"old and new in alternating fresh processes, load average {load_range(runs)} "
+             f"before them. CPU-seconds per step, median of {args.iters} steps after "
+             f"{args.warmup} warm-up, median over the repeats; speed-up = old / new (range over "
+             "the interleaved pairs); wall = the same ratio of wall times.", "",
+             "| step | c520754 CPU-s | this tree CPU-s | speed-up | pairs | wall |",
+             "|---|---|---|---|---|---|"]
     labels = {"search": "first-order DARTS search iteration, 8 ch × 5 cells, batch 32, 28²×1",
               "train": "retrain step, cpu network, old cpu recipe (batch 64, aux, drop-path)",
               "train-preset": "retrain step of each tree's own `cpu` preset (per image)"}
-    for mode, o, n, s, lo, hi, by in rows:
+    for mode, o, n, s, lo, hi, w, by in rows:
         if mode == "train-preset":  # batch sizes differ: compare per image
             o_img = statistics.median(r["images_per_cpu_s"] for r in by["old"])
             n_img = statistics.median(r["images_per_cpu_s"] for r in by["new"])
             lines.append(f"| {labels[mode]} | {o_img:.0f} img/CPU-s | {n_img:.0f} img/CPU-s | "
-                         f"{n_img / o_img:.2f}× | |")
+                         f"{n_img / o_img:.2f}× | | |")
         else:
             lines.append(f"| {labels[mode]} | {o:.3f} | {n:.3f} | {s:.2f}× | "
-                         f"{lo:.2f}–{hi:.2f}× |")
+                         f"{lo:.2f}–{hi:.2f}× | {w:.2f}× |")
     if not args.no_write:
         write_section(REPO / "BENCHMARKS.md", HEADING, "\n".join(lines) + "\n")
     print("\n".join(lines))
