@@ -3,6 +3,7 @@ counting, and user errors as one line without a traceback."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffnas.cli import main
+from diffnas.cli import interrupted_message, main
 from diffnas.engine.profile import count_flops
 from diffnas.engine.runfolder import RunFolder
 from diffnas.methods.darts import DARTS
@@ -49,6 +50,25 @@ def test_search_end_to_end_json_then_resume_of_a_finished_run(tmp_path, capsys):
     assert rc == 0, captured.err
     assert f"genotype: {genotype}" in captured.out and str(out) in captured.out
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_ctrl_c_in_a_grid_says_to_run_it_again(tmp_path, capsys, monkeypatch):
+    import diffnas.engine.experiment as experiment
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "run_experiment", ctrl_c)
+    out = tmp_path / "exp"
+    argv = ["experiment", "--out", str(out), "--presets", "tiny", "--spaces", "nb201",
+            "--seeds", "0", "--device", "cpu", "--in-process", "--no-progress"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"finished runs in {out} are kept" in err and "run the same command again" in err
+    assert "--resume" not in err and "Traceback" not in err
+    # a command that neither resumes nor writes a run folder says only that it stopped
+    assert interrupted_message(argparse.Namespace(command="latency", out="t.json")) == \
+        "interrupted"
 
 
 def test_ctrl_c_leaves_a_usable_checkpoint(tmp_path, capsys, monkeypatch):

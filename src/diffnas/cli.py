@@ -313,15 +313,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        out = getattr(args, "out", None)
-        if out and not (Path(out) / "checkpoint.pt").exists():
-            print(f"\ninterrupted before the first epoch finished: {out} holds no checkpoint "
-                  "yet; run the same command again", file=sys.stderr)
-        else:
-            where = f" in {out}" if out else ""
-            print(f"\ninterrupted; the last epoch's checkpoint{where} is intact: "
-                  "continue with the same command plus --resume", file=sys.stderr)
+        print(f"\n{interrupted_message(args)}", file=sys.stderr)
         return 130
+
+
+def interrupted_message(args: argparse.Namespace) -> str:
+    """What a Ctrl-C leaves behind and how to continue: ``search`` and ``train`` continue with
+    ``--resume``; a grid (``experiment``, ``ablation``) by running the same command again."""
+    out = getattr(args, "out", None)
+    where = f" in {out}" if out else ""
+    if hasattr(args, "resume"):
+        if out and not (Path(out) / "checkpoint.pt").exists():
+            return (f"interrupted before the first epoch finished: {out} holds no checkpoint "
+                    "yet; run the same command again")
+        return (f"interrupted; the last epoch's checkpoint{where} is intact: continue with the "
+                "same command plus --resume")
+    if args.command in ("experiment", "ablation"):
+        return (f"interrupted; the finished runs{where} are kept and the unfinished one "
+                "continues from its last checkpoint: run the same command again")
+    return "interrupted"
 
 
 if __name__ == "__main__":
