@@ -208,12 +208,15 @@ def plan(spec: ExperimentSpec, out: str | Path) -> list[Cell]:
 
 def _data_shape(cfg: SearchConfig) -> tuple[Any, ...] | None:
     """(channels, size, classes, (mean, std), images) of a run's data, or None when it cannot
-    be read here without downloading (the run itself then fetches it or reports the problem)."""
+    be read here without downloading (the run itself then fetches it or reports the problem).
+    With ``class_fraction`` only that share is read, as the run reads it (an image folder's
+    other files are not opened)."""
     from ..data import load_dataset
 
     try:
         data = load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir,
-                            image_size=cfg.image_size, download=False)
+                            image_size=cfg.image_size, download=False,
+                            class_fraction=cfg.class_fraction, seed=cfg.seed)
     except (DiffnasError, OSError):
         return None
     return data.in_channels, data.image_size, data.num_classes, (data.mean, data.std), len(data)
@@ -235,7 +238,7 @@ def check_runs(cells: Sequence[Cell]) -> None:
         if key in checked:
             continue
         checked.add(key)
-        where = (cfg.dataset, cfg.data_dir, cfg.image_size)
+        where = (cfg.dataset, cfg.data_dir, cfg.image_size, cfg.class_fraction)
         if where not in shapes:
             shapes[where] = _data_shape(cfg)
         shape = shapes[where]
