@@ -254,6 +254,7 @@ def test_imagenet_preset_follows_the_reference_script():
         ("darts-imagenet", 130, 1024, 16, 8)
     assert cfg.w_weight_decay == cfg.a_weight_decay == 1e-5
     assert cfg.w_lr == cfg.w_lr_min == o["e_lr"] == 0.8 and cfg.a_betas == (0.5, 0.999)
+    assert cfg.color_jitter == (0.4, 0.4, 0.4, 0.2)  # lib/datasets/imagenet.py, search split
     assert (o["distill"], o["lam"]) == ("kl-mean", 1.0)
     assert (o["warmup_epochs"], o["s_e"], o["s_u"], o["e_layers"], o.get("e_channels", 0)) == \
         (10, 3.0, 1.0, 14, 0)

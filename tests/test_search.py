@@ -383,6 +383,7 @@ def test_unknown_preset_and_dataset(tiny_cfg, tmp_path):
     ({"order": 3}, "order must be 1 or 2, got 3"),
     ({"device": "tpu"}, "device must be auto, cpu or cuda[:N], got 'tpu'"),
     ({"subset": 1}, "subset must be at least 2"),
+    ({"color_jitter": (0.4, 0.4)}, "colour jitter needs four strengths"),
 ])
 def test_invalid_values(overrides, needle):
     with pytest.raises(DiffnasError) as e:
@@ -435,3 +436,18 @@ def test_method_and_objective_options_are_checked(tiny_cfg):
     with pytest.raises(DiffnasError, match="objective 'ce' takes no options"):
         build_search(tiny_cfg(objective="ce", objective_args={"mask_ratio": "0.5"}), 1, 8, 10, 1,
                      torch.device("cpu"))
+
+
+def test_search_colour_jitter_is_applied_and_needs_rgb_for_saturation(tiny_cfg, tmp_path):
+    """``color_jitter`` reaches the search's batch augmentation (CDARTS' ImageNet search uses
+    it): brightness jitter changes the run; saturation on greyscale digits is refused."""
+    from diffnas.engine.search import search
+
+    plain = search(tiny_cfg(epochs=1), out=tmp_path / "plain", progress=False)
+    cfg = tiny_cfg(epochs=1, color_jitter=(0.4, 0.4, 0.0, 0.0))
+    assert SearchConfig.from_dict(cfg.to_dict()).color_jitter == (0.4, 0.4, 0.0, 0.0)
+    jittered = search(cfg, out=tmp_path / "jit", progress=False)
+    assert jittered.history[-1]["train_loss"] != plain.history[-1]["train_loss"]
+    with pytest.raises(DiffnasError, match="saturation and hue jitter need RGB images"):
+        search(tiny_cfg(epochs=1, color_jitter=(0.0, 0.0, 0.4, 0.0)), out=tmp_path / "s",
+               progress=False)

@@ -91,6 +91,8 @@ class SearchConfig(ConfigBase):
     crop_padding: int = 4
     flip: bool | None = None           # None: the dataset's default
     cutout: int = 0
+    # torchvision ColorJitter strengths (brightness, contrast, saturation, hue); 0 = off
+    color_jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     # method- and objective-specific options (validated by the method/objective)
     method_args: dict[str, Any] = field(default_factory=dict)
     objective_args: dict[str, Any] = field(default_factory=dict)
@@ -105,7 +107,7 @@ class SearchConfig(ConfigBase):
     sync_bn: bool = False              # torchrun: BN statistics of the global batch (all ranks)
 
     _run_neutral = frozenset({"device", "data_dir"})
-    _tuples = ("a_betas",)
+    _tuples = ("a_betas", "color_jitter")
 
     def validate(self) -> None:
         checks = [
@@ -127,6 +129,9 @@ class SearchConfig(ConfigBase):
              f"hessian batches must be at least 1, got {self.hessian_batches}"),
         ]
         self._check(checks)
+        from .data.augment import check_color_jitter
+
+        check_color_jitter(self.color_jitter)
         # names, checked before any data is loaded (lazy imports: the registries import this)
         from .methods import METHODS
         from .objectives import OBJECTIVES

@@ -212,7 +212,8 @@ def _run(cfg: SearchConfig, data: ImageDataset, run: RunFolder, resume: bool, pr
     hessian_stream = BatchStream(images, labels, val_idx, cfg.batch_size, seed=cfg.seed + 2,
                                  device=device)
     aug = BatchAugment(data.mean, data.std, crop_padding=cfg.crop_padding,
-                       flip=data.flip if cfg.flip is None else cfg.flip, cutout=cfg.cutout)
+                       flip=data.flip if cfg.flip is None else cfg.flip, cutout=cfg.cutout,
+                       color_jitter=cfg.color_jitter)
     plan = stage_plan(cfg)
     first_epoch = [sum(plan[:i]) for i in range(len(plan))]
 

@@ -90,6 +90,9 @@ Deviations (paper says / reference code does / we do, because):
   e_lr=0.1`` gives the paper text).
 - NAS-Bench-201 E: Cream builds it from the argmax with ``none`` and so can disconnect it (then
   at chance, its distillation pulling S the same way); ours builds E from :func:`connect`.
+- ImageNet search augmentation: Cream's ``get_search_datasets`` RandomResizedCrop(224), flip,
+  ColorJitter(0.4, 0.4, 0.4, 0.2); ``cdarts-imagenet`` the flip and that jitter on images
+  resized to 224 once (the search holds its subset in memory; no random-resized crop).
 - E sees the val batch the objective prepared (masked images under the MIM objective); E's
   loss is plain cross-entropy, S's is the objective's (so MIM composes with S).
 """
@@ -680,6 +683,7 @@ register_preset(
     **{**_REF, "space": "darts-imagenet", "dataset": "folder:", "image_size": 224,
        "epochs": 130, "batch_size": 1024, "channels": 16, "layers": 8, "w_lr": 0.8,
        "w_lr_min": 0.8, "w_weight_decay": 1e-5, "a_weight_decay": 1e-5, "crop_padding": 0,
+       "color_jitter": (0.4, 0.4, 0.4, 0.2),
        "method_args": {**_OPTS, "l1_ops": _L1_OPS, "warmup_epochs": 10, "s_e": 3.0,
                        "l1_ratio": 0.5, "e_layers": 14, "e_lr": 0.8, "distill": "kl-mean",
                        "lam": 1.0}})
