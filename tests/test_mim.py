@@ -408,8 +408,13 @@ def test_ablation_retrains_when_asked(tiny_cfg, tmp_path):
     assert acc is not None and 0.0 <= acc <= 1.0
     result = json.loads((tmp_path / "abl" / "cls+rec-masked" / "retrain" / "result.json")
                         .read_text())
-    assert result["test_acc"] == acc
-    assert "Retrained acc (%)" in (tmp_path / "abl" / "ablation.md").read_text()
+    assert result["test_acc"] == acc and result["best_test_acc"] == rows[0].retrain_best_acc
+    md = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "Retrained acc, final (%)" in md and "Retrained acc, best (%)" in md
+    again = run_ablation(cfg, tmp_path / "abl", ["cls+rec-masked"], retrain="tiny",
+                         retrain_overrides={"epochs": 1, "subset": 64, "test_subset": 64,
+                                            "layers": 2, "channels": 4}, progress=False)
+    assert (again[0].retrain_acc, again[0].retrain_best_acc) == (acc, rows[0].retrain_best_acc)
 
 
 def test_reconstruction_only_variants_declare_no_augmentation(tiny_cfg):

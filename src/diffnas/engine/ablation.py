@@ -57,7 +57,8 @@ class AblationRow:
     val_masked_acc: float | None  # ... on the masked val split (None: unmasked variant)
     augment: bool                # searched with the config's crop/flip/cutout
     run_dir: str
-    retrain_acc: float | None = None
+    retrain_acc: float | None = None       # test accuracy after the last retraining epoch
+    retrain_best_acc: float | None = None  # the best over the retraining's evaluated epochs
 
 
 def variant_config(cfg: SearchConfig, variant: str) -> SearchConfig:
@@ -102,7 +103,9 @@ def _finished(run: RunFolder, cfg: SearchConfig) -> bool:
 
 
 def _retrain(row: AblationRow, cfg: SearchConfig, preset: str, overrides: dict[str, Any],
-             progress: bool) -> float:
+             progress: bool) -> tuple[float, float]:
+    """Retrain ``row``'s genotype (or read the finished retraining back): test accuracy after
+    the last epoch, and the best over the evaluated epochs."""
     from .train import resolve_train_config, train
 
     out = Path(row.run_dir) / "retrain"
@@ -112,9 +115,11 @@ def _retrain(row: AblationRow, cfg: SearchConfig, preset: str, overrides: dict[s
     tcfg = resolve_train_config(preset, **values)
     done = out / "result.json"
     if done.exists():
-        return float(json.loads(done.read_text())["test_acc"])
-    result = train(tcfg, out=out, resume=(out / "checkpoint.pt").exists(), progress=progress)
-    return float(result.test_acc)
+        result = json.loads(done.read_text())
+    else:
+        result = train(tcfg, out=out, resume=(out / "checkpoint.pt").exists(),
+                       progress=progress).result
+    return float(result["test_acc"]), float(result["best_test_acc"])
 
 
 def run_ablation(cfg: SearchConfig, out: str | Path, variants: Sequence[str] | None = None, *,
@@ -145,7 +150,8 @@ def run_ablation(cfg: SearchConfig, out: str | Path, variants: Sequence[str] | N
         row = _row(name, run)
         if retrain is not None:
             echo(f"{name}: retraining {row.genotype}")
-            row.retrain_acc = _retrain(row, vcfg, retrain, retrain_overrides or {}, progress)
+            row.retrain_acc, row.retrain_best_acc = _retrain(row, vcfg, retrain,
+                                                             retrain_overrides or {}, progress)
         rows.append(row)
         write_ablation(rows, cfg, root)
     return rows
@@ -166,7 +172,7 @@ def ablation_markdown(rows: Sequence[AblationRow], cfg: SearchConfig) -> str:
     cols = ["Variant", "Loss", "Crop/flip", "Skips", "Param-free", "α-std normal", "α-std all",
             "Search loss", "Search acc (%)", "Val acc masked (%)", "Val acc clean (%)",
             "Val CE clean"]
-    cols += ["Retrained acc (%)"] if retrained else []
+    cols += ["Retrained acc, final (%)", "Retrained acc, best (%)"] if retrained else []
     cols += ["Genotype"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -175,7 +181,8 @@ def ablation_markdown(rows: Sequence[AblationRow], cfg: SearchConfig) -> str:
                  f"{r.search_loss:.4f}", _cell(r.search_acc, 2, 100),
                  _cell(r.val_masked_acc, 2, 100), _cell(r.val_acc, 2, 100),
                  f"{r.val_loss:.4f}"]
-        cells += [_cell(r.retrain_acc, 2, 100)] if retrained else []
+        cells += [_cell(r.retrain_acc, 2, 100),
+                  _cell(r.retrain_best_acc, 2, 100)] if retrained else []
         cells += ["`" + r.genotype.replace("|", "\\|") + "`"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Search loss/acc: the variant's own objective on the (masked, for masked "
