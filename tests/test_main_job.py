@@ -36,6 +36,7 @@ def test_main_job_presets():
     assert search["method"] == "semantic" and search["objective_args"]["decoder"] == "light"
     train = TRAIN_PRESETS["cpu"][1]
     assert train["dataset"] == "fashion-mnist" and train["subset"] == 45_000
+    assert train["epochs"] == train["eval_every"] == 3  # tested once, after the last epoch
     assert train.get("test_subset") is None  # tested on all 10,000 test images
     assert train["schedule"] == "onecycle" and train["auxiliary_weight"] == 0.0
 
