@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .errors import DiffnasError
+from ..errors import DiffnasError
 
 
 def _epochs(text: str) -> list[int]:
@@ -76,8 +76,8 @@ def _written(paths: Any) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .analysis import parse_size, pyplot
-    from .analysis.curves import plot
+    from ..analysis import parse_size, pyplot
+    from ..analysis.curves import plot
 
     pyplot()
     paths = plot(args.run, args.out, parse_size(args.size), args.epochs)
@@ -88,7 +88,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_draw(args: argparse.Namespace) -> int:
-    from .analysis.cells import draw
+    from ..analysis.cells import draw
 
     for path in draw(args.genotype, args.out):
         print(f"wrote {path} (+ .svg, .pdf, .gv, .json)")
@@ -96,8 +96,8 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
 
 def cmd_cam(args: argparse.Namespace) -> int:
-    from .analysis import parse_size, pyplot
-    from .analysis.cam import cam_run
+    from ..analysis import parse_size, pyplot
+    from ..analysis.cam import cam_run
 
     pyplot()
     if args.n < 1:
@@ -110,8 +110,8 @@ def cmd_cam(args: argparse.Namespace) -> int:
 
 
 def cmd_landscape(args: argparse.Namespace) -> int:
-    from .analysis import parse_size, pyplot
-    from .analysis.landscape import landscape
+    from ..analysis import parse_size, pyplot
+    from ..analysis.landscape import landscape
 
     pyplot()
     res = landscape(args.run, args.out, args.grid, args.span, args.batches, args.batch_size,

@@ -17,9 +17,9 @@ DEFAULT_ABLATION_PRESET = "semantic-cpu"
 
 
 def cmd_ablation(args: argparse.Namespace) -> int:
-    from .cli import _config, _kv
-    from .engine.ablation import ablation_markdown, run_ablation
-    from .engine.experiment import _coerce
+    from ..engine.ablation import ablation_markdown, run_ablation
+    from ..engine.experiment import _coerce
+    from . import _config, _kv
 
     cfg = _config(args)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants \
@@ -41,7 +41,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add ``ablation`` to the ``diffnas`` parser."""
-    from .cli import _add_search_options
+    from . import _add_search_options
 
     p = sub.add_parser("ablation", help="Semantic-DARTS ablation (Table VIII): one search per "
                        "MIM variant on the same data and seed, and a Markdown table")

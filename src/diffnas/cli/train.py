@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from .errors import DiffnasError
+from ..errors import DiffnasError
 
 DEFAULT_TRAIN_PRESET = "cpu"
 # (in_channels, image size, classes) of the datasets `diffnas info --dataset` knows by name
@@ -134,8 +134,8 @@ def _shape(args: argparse.Namespace) -> tuple[int, int, int]:
 
 
 def _network(args: argparse.Namespace, spec: str) -> tuple[Any, Any]:
-    from .nets import build_network
-    from .spaces import parse_genotype
+    from ..nets import build_network
+    from ..spaces import parse_genotype
 
     genotype = parse_genotype(spec)
     if genotype.space == "mbconv" and not (args.dataset or args.input_size):
@@ -148,8 +148,8 @@ def _network(args: argparse.Namespace, spec: str) -> tuple[Any, Any]:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .nets import count_cost
-    from .nets.registry import REGISTRY, lookup
+    from ..nets import count_cost
+    from ..nets.registry import REGISTRY, lookup
 
     if args.genotype is None:
         if args.json:
@@ -200,8 +200,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .cli import with_config_file
-    from .engine.train import TrainConfig, resolve_train_config, train
+    from ..engine.train import TrainConfig, resolve_train_config, train
+    from . import with_config_file
 
     flags = dict(
         genotype=args.genotype, dataset=args.dataset,
@@ -220,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         values.pop("genotype_source", None)  # a new genotype: the recorded source is not its
     cfg = resolve_train_config(preset, **values)
     res = train(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
-    from .engine.distributed import is_main_process
+    from ..engine.distributed import is_main_process
 
     if not is_main_process():  # torchrun: rank 0 prints the result
         return 0
@@ -240,8 +240,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .engine.export import FORMATS, export_network
-    from .engine.train import load_trained
+    from ..engine.export import FORMATS, export_network
+    from ..engine.train import load_trained
 
     src = Path(args.source)
     if (src / "network.json").is_file():

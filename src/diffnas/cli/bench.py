@@ -10,25 +10,25 @@ import sys
 import time
 from typing import Any
 
-from .errors import DiffnasError
+from ..errors import DiffnasError
 
 
 def _kv_values(items: list[str] | None, flag: str) -> dict[str, Any]:
-    from .cli import _kv
-    from .engine.experiment import _coerce
+    from ..engine.experiment import _coerce
+    from . import _kv
 
     return {k: _coerce(v) for k, v in _kv(items, flag).items()}
 
 
 def _table(args: argparse.Namespace) -> Any:
-    from .bench.nb201_table import cached_table
+    from ..bench.nb201_table import cached_table
 
     return cached_table(args.table)
 
 
 # ------------------------------------------------------------------------------------ bench
 def cmd_query(args: argparse.Namespace) -> int:
-    from .bench.nb201_table import as_genotype
+    from ..bench.nb201_table import as_genotype
 
     genotype = as_genotype(args.arch)  # bad input fails before the (slow) table load
     t0 = time.perf_counter()
@@ -54,8 +54,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from .bench.baselines import run_baseline
-    from .engine.experiment import mean_std
+    from ..bench.baselines import run_baseline
+    from ..engine.experiment import mean_std
 
     table = _table(args)
     opts = {}
@@ -83,8 +83,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .cli import _kv
-    from .engine.experiment import ExperimentSpec, load_spec, plan, report, run_experiment
+    from ..engine.experiment import ExperimentSpec, load_spec, plan, report, run_experiment
+    from . import _kv
 
     grid_args = (args.methods, args.seeds, args.presets, args.spaces, args.datasets, args.set,
                  args.retrain, args.retrain_set)
@@ -126,8 +126,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 def cmd_rank(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .bench.ranking import rank_supernet
-    from .engine.runfolder import atomic_write_text
+    from ..bench.ranking import rank_supernet
+    from ..engine.runfolder import atomic_write_text
 
     if args.threads:
         import torch
@@ -213,7 +213,7 @@ def register(sub: Any) -> None:
                         "PATH, else submitit's LocalExecutor on this machine — with OUT on "
                         "storage every node sees; this process waits and then writes the "
                         "summary (needs pip install 'diffnas[cluster]')")
-    from .engine.cluster import options_help
+    from ..engine.cluster import options_help
 
     p.add_argument("--launcher-opt", action="append", metavar="KEY=VALUE",
                    help=f"submitit job option, repeatable: {options_help()}")

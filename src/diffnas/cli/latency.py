@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import DiffnasError
+from ..errors import DiffnasError
 
 
 def register(sub: Any) -> None:
-    from .cli import _add_search_options
+    from . import _add_search_options
 
     p = sub.add_parser("latency", help="latency table of a space's ops at a config's shapes; "
                        "predicted vs measured latency of genotypes")
@@ -43,10 +43,10 @@ def register(sub: Any) -> None:
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
-    from .cli import _config
-    from .engine.latency import build_table, check_prediction
-    from .engine.runfolder import atomic_write_text
-    from .spaces import parse_genotype
+    from ..engine.latency import build_table, check_prediction
+    from ..engine.runfolder import atomic_write_text
+    from ..spaces import parse_genotype
+    from . import _config
 
     if args.table is None and args.out is None:
         raise DiffnasError("diffnas latency needs --out TABLE.json (to measure a table) or "

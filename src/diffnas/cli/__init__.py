@@ -1,4 +1,10 @@
-"""The ``diffnas`` command line: a thin front over the Python API."""
+"""The ``diffnas`` command line: a thin front over the Python API.
+
+This module has ``main``, the shared option helpers and the search commands (``search``,
+``profile``, ``list``); each other command group is a module of this package with a
+``register(subparsers)``: :mod:`.train` (train, info, export), :mod:`.bench` (bench,
+experiment, rank), :mod:`.semantic` (ablation), :mod:`.plot` (plot, draw, cam, landscape),
+:mod:`.latency` (latency)."""
 
 from __future__ import annotations
 
@@ -10,13 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import DiffnasError
+from ..errors import DiffnasError
 
 DEFAULT_PRESET = "cpu"
 # Modules that add subcommands: each has ``register(subparsers)`` which adds its parser(s)
 # with ``set_defaults(func=...)``; the function takes the parsed args and returns an exit code.
-EXTRA_COMMANDS: tuple[str, ...] = ("diffnas.cli_bench", "diffnas.cli_eval", "diffnas.cli_semantic",
-                                   "diffnas.cli_plot", "diffnas.cli_latency")
+EXTRA_COMMANDS: tuple[str, ...] = ("diffnas.cli.bench", "diffnas.cli.train", "diffnas.cli.semantic",
+                                   "diffnas.cli.plot", "diffnas.cli.latency")
 
 
 def _kv(items: list[str] | None, flag: str) -> dict[str, str]:
@@ -94,7 +100,7 @@ def _latency_flags(args: argparse.Namespace) -> dict[str, Any] | None:
     if not given:
         return None
     if "table" in given and Path(given["table"]).is_file():
-        from .objectives.latency import file_sha256
+        from ..objectives.latency import file_sha256
 
         given["sha256"] = file_sha256(given["table"])
     return given
@@ -155,7 +161,7 @@ def with_config_file(path: str | None, cls: Any, preset: str | None, default_pre
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from .config import SearchConfig, resolve_config
+    from ..config import SearchConfig, resolve_config
 
     flags = dict(method=args.method, space=args.space,
                  objective=args.objective, dataset=args.dataset, data_dir=args.data_dir,
@@ -173,12 +179,12 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .engine.search import search
+    from ..engine.search import search
 
     cfg = _config(args)
     on_epoch = None
     if args.tensorboard:
-        from .engine.tensorboard import TensorBoardLogger
+        from ..engine.tensorboard import TensorBoardLogger
 
         on_epoch = TensorBoardLogger()  # checks for the package before the search starts
     try:
@@ -187,7 +193,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     finally:
         if on_epoch is not None:
             on_epoch.close()
-    from .engine.distributed import is_main_process
+    from ..engine.distributed import is_main_process
 
     if not is_main_process():  # torchrun: rank 0 prints the result
         return 0
@@ -197,7 +203,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         print(f"genotype: {result.genotype}")
         print(f"run folder: {result.run_dir} (genotype.json, metrics.jsonl, checkpoint.pt)")
-        from .engine.search import result_line
+        from ..engine.search import result_line
 
         last = result_line(result.genotype, result.metrics.get("early_stop"))
         if last:
@@ -206,7 +212,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from .engine.profile import profile
+    from ..engine.profile import profile
 
     cfg = _config(args)
     res = profile(cfg, input_size=args.input_size, in_channels=args.in_channels,
@@ -229,12 +235,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .config import PRESETS
-    from .data import DATASETS
-    from .methods import METHODS
-    from .methods.parts import describe_parts
-    from .objectives import OBJECTIVES
-    from .spaces import SPACES
+    from ..config import PRESETS
+    from ..data import DATASETS
+    from ..methods import METHODS
+    from ..methods.parts import describe_parts
+    from ..objectives import OBJECTIVES
+    from ..spaces import SPACES
 
     print("methods:")
     for name, m in sorted(METHODS.items()):
@@ -252,7 +258,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(prog="diffnas",
                                      description="Differentiable neural architecture search.")
@@ -332,7 +338,3 @@ def interrupted_message(args: argparse.Namespace) -> str:
         return (f"interrupted; the finished runs{where} are kept and the unfinished one "
                 "continues from its last checkpoint: run the same command again")
     return "interrupted"
-
-
-if __name__ == "__main__":
-    sys.exit(main())
