@@ -352,9 +352,9 @@ def _official_dict(path: Path, kind: str) -> dict[str, Any]:
                                f"weights_only=True failed: {str(e).splitlines()[0][:120]})"
                                ) from None
     else:
-        from ..data.readers import _numpy_globals
+        from ..data.readers import numpy_globals
 
-        allowed = {("collections", "OrderedDict"): collections.OrderedDict, **_numpy_globals()}
+        allowed = {("collections", "OrderedDict"): collections.OrderedDict, **numpy_globals()}
         with bz2.open(path, "rb") as fh:
             data = _unpickle(fh, allowed, str(path), "a NATS-Bench topology file")
     keys = ("meta_archs", "arch2infos", "evaluated_indexes")

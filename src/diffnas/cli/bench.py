@@ -14,10 +14,10 @@ from ..errors import DiffnasError
 
 
 def _kv_values(items: list[str] | None, flag: str) -> dict[str, Any]:
-    from ..engine.experiment import _coerce
+    from ..engine.experiment import json_or_text
     from . import _kv
 
-    return {k: _coerce(v) for k, v in _kv(items, flag).items()}
+    return {k: json_or_text(v) for k, v in _kv(items, flag).items()}
 
 
 def _table(args: argparse.Namespace) -> Any:

@@ -18,7 +18,7 @@ DEFAULT_ABLATION_PRESET = "semantic-cpu"
 
 def cmd_ablation(args: argparse.Namespace) -> int:
     from ..engine.ablation import ablation_markdown, run_ablation
-    from ..engine.experiment import _coerce
+    from ..engine.experiment import json_or_text
     from . import _config, _kv
 
     cfg = _config(args)
@@ -26,7 +26,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
         else None
     dataset = cfg.dataset.replace("/", "_").replace(":", "-")
     out = args.out or f"runs/ablation-{cfg.space}-{dataset}-seed{cfg.seed}"
-    overrides = {k: _coerce(v) for k, v in _kv(args.retrain_set, "--retrain-set").items()}
+    overrides = {k: json_or_text(v) for k, v in _kv(args.retrain_set, "--retrain-set").items()}
     rows = run_ablation(cfg, out, variants, retrain=args.retrain, retrain_overrides=overrides,
                         progress=not args.no_progress,
                         echo=(lambda _line: None) if args.json else print)

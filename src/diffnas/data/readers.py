@@ -458,7 +458,7 @@ def _load_fashion_mnist(
 # --------------------------------------------------------------------------- CIFAR pickles
 
 
-def _numpy_globals() -> dict[tuple[str, str], Any]:
+def numpy_globals() -> dict[tuple[str, str], Any]:
     """The only globals a CIFAR pickle may reference: what numpy needs to rebuild arrays."""
     try:
         from numpy._core import multiarray, numeric  # numpy >= 2
@@ -491,7 +491,7 @@ class SafeUnpickler(pickle.Unpickler):
     def __init__(self, file: io.BufferedIOBase, source: str) -> None:
         super().__init__(file, encoding="bytes")
         self._source = source
-        self._allowed = _numpy_globals()
+        self._allowed = numpy_globals()
 
     def find_class(self, module: str, name: str) -> Any:
         try:

@@ -42,7 +42,7 @@ SEARCH_FIELDS = {f.name for f in fields(SearchConfig)}
 
 
 # ----------------------------------------------------------------------------------- the grid
-def _coerce(text: str) -> Any:
+def json_or_text(text: str) -> Any:
     """A command-line value: JSON when it parses (numbers, true/false, null, lists), else text."""
     try:
         return json.loads(text)
@@ -114,11 +114,11 @@ class MethodSpec:
             k, v = (s.strip() for s in item.split("=", 1))
             k = k.replace("-", "_")
             if k in OPTION_FIELDS:
-                config[k] = _options_dict(_coerce(v), f"method spec {spec!r}", k)
+                config[k] = _options_dict(json_or_text(v), f"method spec {spec!r}", k)
             elif k in SEARCH_FIELDS:
-                config[k] = _coerce(v)
+                config[k] = json_or_text(v)
             else:  # text, as --opt gives it (a quoted value loses its quotes)
-                options[k] = _coerce(v) if v.startswith('"') else v
+                options[k] = json_or_text(v) if v.startswith('"') else v
         return cls(spec, name.strip(), config, options)
 
     @property
