@@ -14,6 +14,23 @@ def one_thread():
 
 
 @pytest.fixture
+def images_read(monkeypatch):
+    """The number of image files each ``readers._read_images`` call decodes, in call order
+    (the folder reader decodes through it)."""
+    from diffnas.data import readers
+
+    read: list[int] = []
+    original = readers._read_images
+
+    def counting(files, size, mode):
+        read.append(len(files))
+        return original(files, size, mode)
+
+    monkeypatch.setattr(readers, "_read_images", counting)
+    return read
+
+
+@pytest.fixture
 def tiny_cfg():
     """A search config that runs in about a second per epoch on digits (8×8)."""
     from diffnas.config import resolve_config

@@ -350,25 +350,15 @@ def test_class_subset_keeps_a_share_of_every_class():
         resolve_config(None, class_fraction=1.5)
 
 
-def test_folder_class_fraction_reads_only_the_kept_files(tmp_path, monkeypatch):
-    from diffnas.data import readers
-
+def test_folder_class_fraction_reads_only_the_kept_files(tmp_path, images_read):
     for i in range(10):
         write_png(tmp_path / "cat" / f"{i}.png", (20 * i, 10, 10))
     for i in range(5):
         write_png(tmp_path / "dog" / f"{i}.png", (10, 10, 40 * i))
-    read = []
-    original = readers._read_images
-
-    def counting(files, size, mode):
-        read.append(len(files))
-        return original(files, size, mode)
-
-    monkeypatch.setattr(readers, "_read_images", counting)
     full = load_dataset(f"folder:{tmp_path}", "train", image_size=4)  # 8 cats, 4 dogs
-    read.clear()
+    images_read.clear()
     half = load_dataset(f"folder:{tmp_path}", "train", image_size=4, class_fraction=0.5, seed=3)
-    assert read == [6] and half.labels.tolist() == [0] * 4 + [1] * 2
+    assert images_read == [6] and half.labels.tolist() == [0] * 4 + [1] * 2
     ref = full.class_subset(0.5, seed=3)
     assert torch.equal(half.images, ref.images) and torch.equal(half.labels, ref.labels)
 

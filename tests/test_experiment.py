@@ -275,7 +275,7 @@ def test_decision_metrics():
     assert ex.decision([]) == {}
 
 
-def test_up_front_check_reads_only_the_class_fraction(tmp_path, monkeypatch):
+def test_up_front_check_reads_only_the_class_fraction(tmp_path, images_read):
     """The grid's check before any run reads an image folder as the runs will: with
     ``class_fraction``, only that share of the files."""
     from PIL import Image
@@ -286,17 +286,9 @@ def test_up_front_check_reads_only_the_class_fraction(tmp_path, monkeypatch):
         (tmp_path / "img" / c).mkdir(parents=True)
         for i in range(8):
             Image.new("RGB", (8, 8), colour).save(tmp_path / "img" / c / f"{i}.png")
-    read = []
-    original = readers._read_images
-
-    def counting(files, size, mode):
-        read.append(len(files))
-        return original(files, size, mode)
-
-    monkeypatch.setattr(readers, "_read_images", counting)
     overrides = {**TINY, "dataset": f"folder:{tmp_path / 'img'}", "class_fraction": 0.25,
                  "subset": None}
     cells = plan(spec(overrides=overrides), tmp_path / "exp")
     ex.check_runs(cells)  # two seeds, one check
     kept = readers.load_dataset(f"folder:{tmp_path / 'img'}", "train", class_fraction=0.25)
-    assert read == [4, 4] and len(kept) == 4  # the check read what the run reads, not 12+
+    assert images_read == [4, 4] and len(kept) == 4  # the check read what the run reads, not 12+
