@@ -103,9 +103,10 @@ def _finished(run: RunFolder, cfg: SearchConfig) -> bool:
 
 
 def _retrain(row: AblationRow, cfg: SearchConfig, preset: str, overrides: dict[str, Any],
-             progress: bool) -> tuple[float, float]:
+             progress: bool) -> tuple[float, float | None]:
     """Retrain ``row``'s genotype (or read the finished retraining back): test accuracy after
-    the last epoch, and the best over the evaluated epochs."""
+    the last epoch, and the best over the evaluated epochs (None in a result.json written
+    before diffnas recorded it)."""
     from .train import resolve_train_config, train
 
     out = Path(row.run_dir) / "retrain"
@@ -119,7 +120,8 @@ def _retrain(row: AblationRow, cfg: SearchConfig, preset: str, overrides: dict[s
     else:
         result = train(tcfg, out=out, resume=(out / "checkpoint.pt").exists(),
                        progress=progress).result
-    return float(result["test_acc"]), float(result["best_test_acc"])
+    best = result.get("best_test_acc")
+    return float(result["test_acc"]), None if best is None else float(best)
 
 
 def run_ablation(cfg: SearchConfig, out: str | Path, variants: Sequence[str] | None = None, *,
