@@ -35,8 +35,19 @@ class ConfigBase:
         if bad:
             raise DiffnasError(f"unknown {cls._label} field(s) {', '.join(bad)}; valid: "
                                f"{', '.join(sorted(names))}")
-        d = {k: tuple(v) if k in cls._tuples else v for k, v in d.items()}
+        d = {k: cls._tuple(k, v) if k in cls._tuples else v for k, v in d.items()}
         return cls(**d)
+
+    @classmethod
+    def _tuple(cls, name: str, value: Any) -> tuple[Any, ...]:
+        """A tuple field from a list, or from the text ``"0.5,0.999"`` (a command line's)."""
+        if not isinstance(value, str):
+            return tuple(value)
+        try:
+            return tuple(float(v) for v in value.split(","))
+        except ValueError:
+            raise DiffnasError(f"{cls._label} field {name} takes comma-separated numbers, "
+                               f"got {value!r}") from None
 
     def replace(self, **changes: Any) -> Any:
         return self.from_dict({**self.to_dict(), **changes})

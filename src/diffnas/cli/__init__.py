@@ -61,6 +61,9 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-bn", action="store_true", default=None,
                    help="under torchrun: batch norm over the global batch, not each rank's "
                         "share (README: data-parallel runs)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any search config field (JSON values; tuples as 0.5,0.99), e.g. "
+                        "--set a_betas=0.5,0.99 or --set cutout=16; the flags above win")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE",
                    help="method option (repeatable), e.g. --opt noise=0.3")
     p.add_argument("--select", help="selection after the search: pt (DARTS-PT; options "
@@ -173,6 +176,16 @@ def _config(args: argparse.Namespace) -> Any:
                  method_args=_kv(args.opt, "--opt") or None,
                  objective_args=_kv(args.obj_opt, "--obj-opt") or None,
                  latency=_latency_flags(args))
+    from ..engine.experiment import json_or_text
+
+    for k, text in _kv(args.set, "--set").items():  # under the dedicated flags
+        value, given = json_or_text(text), flags.get(k)
+        if k in ("method_args", "objective_args", "latency"):
+            if not isinstance(value, dict):
+                raise DiffnasError(f"--set {k} takes a JSON object, got {text!r}")
+            flags[k] = {**value, **(given or {})}
+        elif given is None:
+            flags[k] = value
     preset, values = with_config_file(getattr(args, "config", None), SearchConfig, args.preset,
                                       DEFAULT_PRESET, flags)
     return resolve_config(preset, **values)
